@@ -1,0 +1,177 @@
+"""The load-balancing broker: a small poll loop around the Scheduler.
+
+Two ROUTER sockets, as in the zguide's lbbroker/ppqueue: the frontend (bound
+on a local endpoint) serves the gateway processes, the backend (bound on
+RERANKER_WORKERS_BIND) serves workers, which connect to it. The loop moves
+messages between the sockets and the Scheduler and sends heartbeats to
+workers; all decisions are the Scheduler's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import zmq
+
+from shared import protocol as p
+from shared.settings import Settings
+
+from .scheduler import Disconnect, Fail, Reply, Scheduler, SendJob
+
+log = logging.getLogger("reranker.broker")
+
+
+def make_scheduler(settings: Settings) -> Scheduler:
+    return Scheduler(
+        heartbeat_expiry=settings.heartbeat_interval * settings.heartbeat_liveness,
+        request_timeout=settings.request_timeout,
+        no_worker_grace=settings.no_worker_grace,
+        max_batch_pairs=settings.max_batch_pairs,
+        max_retries=settings.max_retries,
+        max_queued=settings.max_queued,
+    )
+
+
+class Broker:
+    def __init__(self, settings: Settings, context: zmq.Context | None = None) -> None:
+        self.settings = settings
+        self.context = context or zmq.Context.instance()
+        self.scheduler = make_scheduler(settings)
+        self.frontend = self._router(settings.frontend_url)
+        self.backend = self._router(settings.workers_bind)
+        self.running = False
+
+    def _router(self, endpoint: str) -> zmq.Socket:
+        sock = self.context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_bytes)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable peers raise instead of vanishing
+        if endpoint.startswith("ipc://"):
+            Path(endpoint[len("ipc://"):]).unlink(missing_ok=True)  # a stale file from a crashed broker
+        sock.bind(endpoint)
+        return sock
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.frontend, zmq.POLLIN)
+        poller.register(self.backend, zmq.POLLIN)
+        interval = self.settings.heartbeat_interval
+        next_heartbeat = time.monotonic() + interval
+        self.running = True
+        log.info("broker: workers at %s, gateway at %s", self.settings.workers_bind, self.settings.frontend_url)
+        while self.running:
+            now = time.monotonic()
+            wake = min(next_heartbeat, self.scheduler.next_deadline() or next_heartbeat)
+            events = dict(poller.poll(max(0.0, wake - now) * 1000))
+            now = time.monotonic()
+            if self.backend in events:
+                self._drain(self.backend, self._on_worker, now)
+            if self.frontend in events:
+                self._drain(self.frontend, self._on_client, now)
+            self.scheduler.tick(now)
+            if now >= next_heartbeat:
+                for identity in list(self.scheduler.workers):
+                    self._send(self.backend, identity, p.encode(p.HEARTBEAT))
+                next_heartbeat = now + interval
+            self._flush()
+
+    def stop(self) -> None:
+        self.running = False
+
+    def close(self) -> None:
+        for sock in (self.frontend, self.backend):
+            sock.close(0)
+
+    # -- inbound ---------------------------------------------------------------
+    def _drain(self, sock: zmq.Socket, handler, now: float) -> None:
+        """Read everything waiting on a socket, so that one side cannot starve the other."""
+        for _ in range(1000):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            identity, body = frames[0], frames[1:]
+            try:
+                handler(identity, p.decode(body), now)
+            except p.ProtocolError as exc:
+                log.warning("dropped a malformed message from %r: %s", identity, exc)
+            self._flush()
+
+    def _on_worker(self, identity: bytes, msg: p.Message, now: float) -> None:
+        s = self.scheduler
+        if msg.kind == p.READY:
+            info = p.decode_json_object(msg.args[0], "READY info")
+            log.info("worker %s ready: %s", identity.hex(), info)
+            s.worker_ready(identity, info, now)
+        elif not s.worker_seen(identity, now):
+            if msg.kind != p.DISCONNECT:
+                # Unknown worker (we restarted, or purged it): tell it to start over.
+                self._send(self.backend, identity, p.encode(p.DISCONNECT))
+        elif msg.kind == p.RESULT:
+            s.job_done(identity, msg.args[0], p.decode_scores(msg.args[1]), now)
+        elif msg.kind == p.ERROR:
+            s.job_failed(identity, msg.args[0], msg.args[1].decode("utf-8", "replace"), now)
+        elif msg.kind == p.DISCONNECT:
+            log.info("worker %s left", identity.hex())
+            s.worker_gone(identity, now)
+        elif msg.kind != p.HEARTBEAT:
+            log.warning("unexpected %s from worker %s", msg.name, identity.hex())
+
+    def _on_client(self, identity: bytes, msg: p.Message, now: float) -> None:
+        if msg.kind == p.REQUEST:
+            rid = msg.args[0]
+            try:
+                query, sentences = p.decode_request_body(msg.args[1])
+            except p.ProtocolError as exc:
+                self._send(self.frontend, identity, p.encode(p.FAIL, rid, b"400", str(exc).encode()))
+                return
+            self.scheduler.submit(identity, rid, query, sentences, now)
+        elif msg.kind == p.STATUS:
+            body = p.encode_json(self.scheduler.status())
+            self._send(self.frontend, identity, p.encode(p.STATUS, msg.args[0], body))
+        else:
+            log.warning("unexpected %s from gateway process %r", msg.name, identity)
+
+    # -- outbound --------------------------------------------------------------
+    def _flush(self) -> None:
+        while self.scheduler.outbox:
+            self._send_actions(self.scheduler.drain())
+
+    def _send_actions(self, actions) -> None:
+        for action in actions:
+            if isinstance(action, SendJob):
+                body = p.encode_job_body(action.tasks)
+                if not self._send(self.backend, action.worker, p.encode(p.JOB, action.job_id, body)):
+                    self.scheduler.worker_gone(action.worker, time.monotonic())
+            elif isinstance(action, Reply):
+                self._send(self.frontend, action.client, p.encode(p.REPLY, action.rid, p.encode_scores(action.scores)))
+            elif isinstance(action, Fail):
+                self._send(self.frontend, action.client,
+                           p.encode(p.FAIL, action.rid, p.encode_status_code(action.status), action.message.encode()))
+            elif isinstance(action, Disconnect):
+                self._send(self.backend, action.worker, p.encode(p.DISCONNECT))
+
+    def _send(self, sock: zmq.Socket, identity: bytes, frames: list[bytes]) -> bool:
+        try:
+            sock.send_multipart([identity, *frames], zmq.NOBLOCK)
+            return True
+        except (zmq.Again, zmq.ZMQError) as exc:  # peer gone (ROUTER_MANDATORY) or its queue full
+            log.warning("could not send to %r: %s", identity, exc)
+            return False
+
+
+def run_broker(settings: Settings) -> None:
+    """Entry point of the broker process."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    broker = Broker(settings)
+    signal.signal(signal.SIGTERM, lambda *_: broker.stop())
+    signal.signal(signal.SIGINT, lambda *_: broker.stop())
+    try:
+        broker.run()
+    finally:
+        broker.close()
+        log.info("broker %d stopped", os.getpid())

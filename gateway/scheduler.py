@@ -1,0 +1,319 @@
+"""The broker's bookkeeping, without sockets or clocks (tested without sleeps).
+
+Events come in as method calls with the current time; what must be sent comes
+out as actions in `outbox`, which the broker loop drains and puts on the wire.
+
+- Workers announce READY and are idle; work goes to idle workers only.
+- A request's sentences wait in a FIFO of pieces. An idle worker is handed a
+  job of up to `max_batch_pairs` pairs, no more than its fair share of what is
+  queued, taken from the head of the FIFO: a big request is split across idle
+  workers, small concurrent ones are merged into one job. Scores are
+  independent per pair, so the merged result equals the unsplit one.
+- A worker that is silent past its expiry is purged; the pieces of its job go
+  back to the head of the FIFO, at most `max_retries` times each.
+- A request that is past its deadline fails with 504; one that waits while no
+  worker is connected fails with 503 after `no_worker_grace`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Union
+
+import numpy as np
+
+
+@dataclass
+class Request:
+    client: bytes
+    rid: bytes
+    query: str
+    sentences: list[str]
+    received: float
+    deadline: float
+    scores: np.ndarray = field(init=False)
+    remaining: int = field(init=False)
+    done: bool = False
+
+    def __post_init__(self) -> None:
+        self.scores = np.empty(len(self.sentences), dtype=np.float32)
+        self.remaining = len(self.sentences)
+
+
+@dataclass
+class Piece:
+    """Sentences start..stop of one request."""
+    request: Request
+    start: int
+    stop: int
+    attempts: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass
+class Job:
+    id: bytes
+    worker: bytes
+    pieces: list[Piece]
+    started: float
+
+
+@dataclass
+class Worker:
+    identity: bytes
+    info: dict
+    expiry: float
+    job: Job | None = None
+
+
+# Actions for the broker loop.
+@dataclass(frozen=True)
+class SendJob:
+    worker: bytes
+    job_id: bytes
+    tasks: list  # [(query, sentences)]
+
+
+@dataclass(frozen=True)
+class Reply:
+    client: bytes
+    rid: bytes
+    scores: np.ndarray
+
+
+@dataclass(frozen=True)
+class Fail:
+    client: bytes
+    rid: bytes
+    status: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    worker: bytes
+
+
+Action = Union[SendJob, Reply, Fail, Disconnect]
+
+
+class Scheduler:
+    def __init__(self, *, heartbeat_expiry: float, request_timeout: float, no_worker_grace: float,
+                 max_batch_pairs: int, max_retries: int, max_queued: int) -> None:
+        self.heartbeat_expiry = heartbeat_expiry
+        self.request_timeout = request_timeout
+        self.no_worker_grace = no_worker_grace
+        self.max_batch_pairs = max_batch_pairs
+        self.max_retries = max_retries
+        self.max_queued = max_queued
+        self.workers: dict[bytes, Worker] = {}
+        self.idle: OrderedDict[bytes, None] = OrderedDict()  # longest idle first
+        self.queue: deque[Piece] = deque()
+        self.requests: dict[tuple[bytes, bytes], Request] = {}
+        self.jobs: dict[bytes, Job] = {}
+        self.no_workers_since = 0.0
+        self.outbox: list[Action] = []
+        self._next_job = 0
+        self.stats = {"requests": 0, "pairs": 0, "failed": 0, "redispatched": 0, "purged": 0}
+
+    # -- introspection --------------------------------------------------
+    def status(self) -> dict:
+        return {
+            "workers": len(self.workers),
+            "idle": len(self.idle),
+            "queued": sum(p.size for p in self.queue if not p.request.done),
+            "running": len(self.requests),
+            **self.stats,
+        }
+
+    def drain(self) -> list[Action]:
+        out, self.outbox = self.outbox, []
+        return out
+
+    # -- workers ----------------------------------------------------------
+    def worker_ready(self, identity: bytes, info: dict, now: float) -> None:
+        if identity in self.workers:  # re-announced: whatever it held is lost
+            self.worker_gone(identity, now)
+        self.workers[identity] = Worker(identity, info, now + self.heartbeat_expiry)
+        self.idle[identity] = None
+        self.dispatch(now)
+
+    def worker_seen(self, identity: bytes, now: float) -> bool:
+        """Any message from a worker proves it alive. False if it is unknown."""
+        worker = self.workers.get(identity)
+        if worker is None:
+            return False
+        worker.expiry = now + self.heartbeat_expiry
+        return True
+
+    def worker_gone(self, identity: bytes, now: float) -> None:
+        worker = self.workers.pop(identity, None)
+        if worker is None:
+            return
+        self.idle.pop(identity, None)
+        if not self.workers:
+            self.no_workers_since = now
+        if worker.job is not None:
+            self._requeue(self.jobs.pop(worker.job.id), now)
+        self.dispatch(now)
+
+    def job_done(self, identity: bytes, job_id: bytes, scores: np.ndarray, now: float) -> None:
+        job = self._finish_job(identity, job_id, now)
+        if job is None:
+            return
+        expected = sum(p.size for p in job.pieces)
+        if scores.shape[0] != expected:
+            self._fail_job(job, 502, f"worker returned {scores.shape[0]} scores for {expected} pairs")
+        else:
+            offset = 0
+            for piece in job.pieces:
+                req = piece.request
+                if not req.done:
+                    req.scores[piece.start:piece.stop] = scores[offset:offset + piece.size]
+                    req.remaining -= piece.size
+                    if req.remaining == 0:
+                        self._close(req)
+                        self.outbox.append(Reply(req.client, req.rid, req.scores))
+                offset += piece.size
+        self.dispatch(now)
+
+    def job_failed(self, identity: bytes, job_id: bytes, message: str, now: float) -> None:
+        job = self._finish_job(identity, job_id, now)
+        if job is not None:
+            self._fail_job(job, 500, f"worker failed to score: {message}")
+        self.dispatch(now)
+
+    # -- requests ---------------------------------------------------------
+    def submit(self, client: bytes, rid: bytes, query: str, sentences: list[str], now: float) -> None:
+        if len(self.requests) >= self.max_queued:
+            self.stats["failed"] += 1
+            self.outbox.append(Fail(client, rid, 429, f"too many requests in flight (limit {self.max_queued}); retry later"))
+            return
+        req = Request(client, rid, query, sentences, now, now + self.request_timeout)
+        self.stats["requests"] += 1
+        self.stats["pairs"] += len(sentences)
+        if not sentences:
+            self.outbox.append(Reply(client, rid, req.scores))
+            return
+        self.requests[(client, rid)] = req
+        self.queue.append(Piece(req, 0, len(sentences)))
+        self.dispatch(now)
+
+    def tick(self, now: float) -> None:
+        """Purge silent workers and expire requests; call at least once a heartbeat."""
+        for worker in [w for w in self.workers.values() if w.expiry <= now]:
+            self.stats["purged"] += 1
+            self.worker_gone(worker.identity, now)
+        for req in [r for r in self.requests.values() if r.deadline <= now]:
+            self._close(req)
+            self.stats["failed"] += 1
+            self.outbox.append(Fail(req.client, req.rid, 504,
+                                    f"request not scored within {self.request_timeout:g} s"))
+        if not self.workers:
+            for req in [r for r in self.requests.values()
+                        if now >= max(r.received, self.no_workers_since) + self.no_worker_grace]:
+                self._close(req)
+                self.stats["failed"] += 1
+                self.outbox.append(Fail(req.client, req.rid, 503, "no worker is available to score this request"))
+        if self.queue and self.queue[0].request.done:
+            self._drop_closed_pieces()
+
+    def next_deadline(self) -> float | None:
+        """Earliest time at which tick() has something to do, if any."""
+        times = [w.expiry for w in self.workers.values()]
+        times += [r.deadline for r in self.requests.values()]
+        if not self.workers and self.requests:
+            times.append(max(min(r.received for r in self.requests.values()), self.no_workers_since)
+                         + self.no_worker_grace)
+        return min(times) if times else None
+
+    # -- the core: hand queued work to idle workers -------------------------
+    def dispatch(self, now: float) -> None:
+        self._drop_closed_pieces()
+        while self.idle and self.queue:
+            identity, _ = self.idle.popitem(last=False)
+            queued = sum(p.size for p in self.queue)
+            budget = min(self.max_batch_pairs, max(1, math.ceil(queued / len(self.workers))))
+            pieces: list[Piece] = []
+            while budget > 0 and self.queue:
+                piece = self.queue[0]
+                if piece.request.done:
+                    self.queue.popleft()
+                    continue
+                if piece.size > budget:  # split: the rest stays at the head
+                    pieces.append(Piece(piece.request, piece.start, piece.start + budget, piece.attempts))
+                    piece.start += budget
+                    budget = 0
+                else:
+                    pieces.append(self.queue.popleft())
+                    budget -= piece.size
+            if not pieces:
+                self.idle[identity] = None
+                break
+            self._next_job += 1
+            job = Job(b"%d" % self._next_job, identity, pieces, now)
+            self.jobs[job.id] = job
+            self.workers[identity].job = job
+            self.outbox.append(SendJob(identity, job.id, _tasks(pieces)))
+
+    # -- internals ------------------------------------------------------------
+    def _finish_job(self, identity: bytes, job_id: bytes, now: float) -> Job | None:
+        worker = self.workers.get(identity)
+        if worker is None:
+            return None
+        worker.expiry = now + self.heartbeat_expiry
+        job = self.jobs.get(job_id)
+        if job is None or job.worker != identity:
+            return None  # a job from before a purge or a broker restart
+        del self.jobs[job_id]
+        worker.job = None
+        self.idle[identity] = None
+        return job
+
+    def _requeue(self, job: Job, now: float) -> None:
+        for piece in reversed(job.pieces):
+            if piece.request.done:
+                continue
+            piece.attempts += 1
+            if piece.attempts > self.max_retries:
+                self._close(piece.request)
+                self.stats["failed"] += 1
+                self.outbox.append(Fail(piece.request.client, piece.request.rid, 503,
+                                        f"workers died while scoring this request ({piece.attempts} times)"))
+            else:
+                self.stats["redispatched"] += 1
+                self.queue.appendleft(piece)
+
+    def _fail_job(self, job: Job, status: int, message: str) -> None:
+        for piece in job.pieces:
+            if not piece.request.done:
+                self._close(piece.request)
+                self.stats["failed"] += 1
+                self.outbox.append(Fail(piece.request.client, piece.request.rid, status, message))
+
+    def _close(self, req: Request) -> None:
+        req.done = True
+        self.requests.pop((req.client, req.rid), None)
+
+    def _drop_closed_pieces(self) -> None:
+        if any(p.request.done for p in self.queue):
+            self.queue = deque(p for p in self.queue if not p.request.done)
+
+
+def _tasks(pieces: list[Piece]) -> list:
+    """Pieces of the same request next to each other travel as one task."""
+    tasks: list = []
+    last: Piece | None = None
+    for piece in pieces:
+        sentences = piece.request.sentences[piece.start:piece.stop]
+        if last is not None and last.request is piece.request and last.stop == piece.start:
+            tasks[-1][1].extend(sentences)
+        else:
+            tasks.append((piece.request.query, list(sentences)))
+        last = piece
+    return tasks

@@ -1,0 +1,60 @@
+"""The HTTP contract: request and response bodies of POST /rerank.
+
+Kept byte-compatible with the original service: request
+{"query": str, "sentences": [str], "ids": [int]}, response
+{"results": [{"id": int, "score": float}]} sorted by score, highest first.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+
+
+class RerankRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{
+                "query": "what is a cross-encoder?",
+                "sentences": ["A cross-encoder scores a query and a text together.", "Paris is in France."],
+                "ids": [12, 7],
+            }]
+        }
+    )
+
+    query: StrictStr = Field(description="The search query.")
+    sentences: list[StrictStr] = Field(description="Candidate texts to score against the query.")
+    ids: list[StrictInt] = Field(description="The caller's id for each sentence, returned with its score.")
+
+    @model_validator(mode="after")
+    def _same_length(self) -> "RerankRequest":
+        if len(self.ids) != len(self.sentences):
+            raise ValueError(
+                f"'ids' and 'sentences' must have the same length: got {len(self.ids)} ids "
+                f"for {len(self.sentences)} sentences"
+            )
+        return self
+
+
+class RerankResult(BaseModel):
+    id: int
+    score: float = Field(description="CrossEncoder score (sigmoid of the logit, 0..1).")
+
+
+class RerankResponse(BaseModel):
+    results: list[RerankResult] = Field(description="One per sentence, highest score first.")
+
+
+def render_results(ids: Sequence[int], scores: np.ndarray) -> bytes:
+    """The response body, as the original service wrote it.
+
+    Stable descending order (ties keep request order, as list.sort(reverse=True)
+    does), numpy float32 scores serialised by orjson's OPT_SERIALIZE_NUMPY.
+    """
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores = scores[order]
+    results = [{"id": ids[i], "score": s} for i, s in zip(order.tolist(), sorted_scores)]
+    return orjson.dumps({"results": results}, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -1,0 +1,168 @@
+"""The worker's connection to the broker (after the zguide's Paranoid Pirate worker).
+
+The main thread owns the DEALER socket: it says READY, receives jobs, sends
+heartbeats every interval and results when they are ready. Scoring runs in a
+second thread, so heartbeats go on during long jobs; that thread hands its
+result back over an inproc PAIR socket, which wakes the main thread's poll.
+If the broker is silent for `liveness` intervals, or tells us to DISCONNECT,
+the worker makes a new socket and announces itself again, backing off from
+1 s to 32 s while the broker stays away.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import traceback
+
+import zmq
+
+from shared import protocol as p
+from shared.settings import Settings
+
+from . import health
+from .scorer import Scorer
+
+log = logging.getLogger("reranker.worker")
+
+BACKOFF_MIN, BACKOFF_MAX = 1.0, 32.0
+
+
+class Worker:
+    def __init__(self, settings: Settings, scorer: Scorer, context: zmq.Context | None = None) -> None:
+        self.settings = settings
+        self.scorer = scorer
+        self.context = context or zmq.Context()
+        self.info = {**scorer.info, "pid": os.getpid(), "protocol": p.VERSION.decode()}
+        self.stopping = threading.Event()
+        self.busy_job: bytes | None = None
+        self.jobs_done = 0
+        self.socket: zmq.Socket | None = None
+        self.broker_seen = 0.0  # wall-clock time of the last message from the broker
+        # results from the scoring thread
+        self._results_in = self.context.socket(zmq.PAIR)
+        self._results_addr = f"inproc://results-{id(self)}"
+        self._results_in.bind(self._results_addr)
+        self._results_out = self.context.socket(zmq.PAIR)
+        self._results_out.connect(self._results_addr)
+        self._results_lock = threading.Lock()
+
+    # -- lifecycle -----------------------------------------------------------
+    def stop(self) -> None:
+        """Finish the current job, then leave (SIGTERM)."""
+        self.stopping.set()
+
+    def run(self) -> None:
+        interval = self.settings.heartbeat_interval
+        liveness_limit = self.settings.heartbeat_liveness
+        backoff = BACKOFF_MIN
+        self._connect()
+        liveness = liveness_limit
+        next_heartbeat = time.monotonic() + interval
+        poller = zmq.Poller()
+        poller.register(self._results_in, zmq.POLLIN)
+        poller.register(self.socket, zmq.POLLIN)
+        while True:
+            if self.stopping.is_set() and self.busy_job is None:
+                self._send(p.encode(p.DISCONNECT))
+                break
+            timeout = max(0.0, next_heartbeat - time.monotonic())
+            events = dict(poller.poll(timeout * 1000))
+            if self._results_in in events:
+                self._forward_result()
+            reconnect = False
+            if self.socket in events:
+                reconnect = self._on_broker()
+                liveness = liveness_limit
+                backoff = BACKOFF_MIN
+                self.broker_seen = time.time()
+            if time.monotonic() >= next_heartbeat:
+                next_heartbeat = time.monotonic() + interval
+                if self.socket not in events:
+                    liveness -= 1
+                self._send(p.encode(p.HEARTBEAT))
+                health.write(self.settings.health_file, "busy" if self.busy_job else "idle", self.broker_seen)
+            if liveness <= 0 or reconnect:
+                if self.busy_job is not None:
+                    continue  # finish first: a new broker would hand us work while we score
+                if liveness <= 0:
+                    log.warning("broker silent for %d heartbeats; reconnecting in %.0f s", liveness_limit, backoff)
+                    if self.stopping.wait(backoff):
+                        continue
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                poller.unregister(self.socket)
+                self._connect()
+                poller.register(self.socket, zmq.POLLIN)
+                liveness = liveness_limit
+        self.close()
+
+    def close(self) -> None:
+        for sock in (self.socket, self._results_in, self._results_out):
+            if sock is not None:
+                sock.close(0)
+
+    # -- broker side ---------------------------------------------------------
+    def _connect(self) -> None:
+        if self.socket is not None:
+            self.socket.close(0)
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_bytes)
+        self.socket.connect(self.settings.broker_url)
+        self._send(p.encode(p.READY, p.encode_json(self.info)))
+        log.info("worker %d: READY sent to %s", os.getpid(), self.settings.broker_url)
+
+    def _send(self, frames: list[bytes]) -> None:
+        try:
+            self.socket.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # no broker connected: heartbeats lost are lost; liveness will notice
+
+    def _on_broker(self) -> bool:
+        """Handle everything the broker sent; True if it asked us to reconnect."""
+        reconnect = False
+        while True:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return reconnect
+            try:
+                msg = p.decode(frames)
+            except p.ProtocolError as exc:
+                log.warning("dropped a malformed message from the broker: %s", exc)
+                continue
+            if msg.kind == p.JOB:
+                self._start_job(msg.args[0], msg.args[1])
+            elif msg.kind == p.DISCONNECT:
+                reconnect = True
+
+    # -- scoring -----------------------------------------------------------------
+    def _start_job(self, job_id: bytes, body: bytes) -> None:
+        if self.busy_job is not None:
+            self._send(p.encode(p.ERROR, job_id, b"worker is busy"))
+            return
+        try:
+            tasks = p.decode_job_body(body)
+        except p.ProtocolError as exc:
+            self._send(p.encode(p.ERROR, job_id, str(exc).encode()))
+            return
+        self.busy_job = job_id
+        pairs = [(query, sentence) for query, sentences in tasks for sentence in sentences]
+        threading.Thread(target=self._score, args=(job_id, pairs), name=f"job-{job_id.decode()}", daemon=True).start()
+
+    def _score(self, job_id: bytes, pairs) -> None:
+        try:
+            frames = p.encode(p.RESULT, job_id, p.encode_scores(self.scorer.score(pairs)))
+        except Exception as exc:  # noqa: BLE001 - any failure goes back to the broker as ERROR
+            log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+            frames = p.encode(p.ERROR, job_id, f"{type(exc).__name__}: {exc}".encode())
+        with self._results_lock:
+            self._results_out.send_multipart(frames)
+
+    def _forward_result(self) -> None:
+        frames = self._results_in.recv_multipart()
+        self.busy_job = None
+        self.jobs_done += 1
+        self._send(frames)
