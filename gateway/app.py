@@ -140,7 +140,7 @@ def create_app(settings: Settings, client: BrokerClient | None = None) -> FastAP
             status = await request.app.state.broker.status()
         except ServiceError as exc:
             return error(503, f"broker not answering: {exc.message}")
-        body = {"workers": status["workers"], "idle": status["idle"], "queued": status["queued"]}
+        body = {k: status[k] for k in ("workers", "idle", "queued", "running", "pool")}
         return json_response(body, 200 if status["workers"] > 0 else 503)
 
     @app.get("/info", summary="Limits and settings that clients may rely on")

@@ -69,6 +69,8 @@ class Worker:
     info: dict
     expiry: float
     job: Job | None = None
+    jobs_done: int = 0
+    pairs_done: int = 0
 
 
 # Actions for the broker loop.
@@ -129,6 +131,11 @@ class Scheduler:
             "queued": sum(p.size for p in self.queue if not p.request.done),
             "running": len(self.requests),
             **self.stats,
+            "pool": [
+                {"host": w.info.get("host"), "pid": w.info.get("pid"), "busy": w.job is not None,
+                 "jobs": w.jobs_done, "pairs": w.pairs_done}
+                for w in self.workers.values()
+            ],
         }
 
     def drain(self) -> list[Action]:
@@ -272,6 +279,8 @@ class Scheduler:
             return None  # a job from before a purge or a broker restart
         del self.jobs[job_id]
         worker.job = None
+        worker.jobs_done += 1
+        worker.pairs_done += sum(p.size for p in job.pieces)
         self.idle[identity] = None
         return job
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 import traceback
@@ -35,7 +36,8 @@ class Worker:
         self.settings = settings
         self.scorer = scorer
         self.context = context or zmq.Context()
-        self.info = {**scorer.info, "pid": os.getpid(), "protocol": p.VERSION.decode()}
+        self.info = {**scorer.info, "host": socket.gethostname(), "pid": os.getpid(),
+                     "protocol": p.VERSION.decode()}
         self.stopping = threading.Event()
         self.busy_job: bytes | None = None
         self.jobs_done = 0
