@@ -41,7 +41,11 @@ def error(status: int, message: str, headers: dict | None = None) -> Response:
 
 
 class BodyLimit:
-    """Refuse bodies over `limit` bytes with 413, before they are read whole."""
+    """Refuse bodies over `limit` bytes with 413, before they are read whole.
+
+    A declared Content-Length is checked up front (uvicorn holds the client to
+    it); a chunked body is buffered up to the limit and then replayed.
+    """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -50,32 +54,31 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if length is not None:
+            if length.isdigit() and int(length) > self.limit:
                 return await self._refuse(scope, receive, send)
-        seen = 0
-
-        async def limited_receive() -> Message:
-            nonlocal seen
+            return await self.app(scope, receive, send)
+        chunks, seen, more = [], 0, True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
+            if message["type"] != "http.request":
+                return  # client went away
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
+            if seen > self.limit:
+                return await self._refuse(scope, receive, send)
+            more = message.get("more_body", False)
+        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await self._refuse(scope, receive, send)
+        async def replay_receive() -> Message:
+            return replay.pop() if replay else await receive()
+
+        await self.app(scope, replay_receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error(413, f"request body exceeds the limit of {self.limit} bytes (RERANKER_MAX_BODY_BYTES)")
         await response(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def create_app(settings: Settings, client: BrokerClient | None = None) -> FastAPI:

@@ -31,6 +31,7 @@ def make_scheduler(settings: Settings) -> Scheduler:
         request_timeout=settings.request_timeout,
         no_worker_grace=settings.no_worker_grace,
         max_batch_pairs=settings.max_batch_pairs,
+        min_split_pairs=settings.min_split_pairs,
         max_retries=settings.max_retries,
         max_queued=settings.max_queued,
     )

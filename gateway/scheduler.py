@@ -6,7 +6,7 @@ out as actions in `outbox`, which the broker loop drains and puts on the wire.
 - Workers announce READY and are idle; work goes to idle workers only.
 - A request's sentences wait in a FIFO of pieces. An idle worker is handed a
   job of up to `max_batch_pairs` pairs, no more than its fair share of what is
-  queued, taken from the head of the FIFO: a big request is split across idle
+  queued (but not less than `min_split_pairs`), taken from the head of the FIFO: a big request is split across idle
   workers, small concurrent ones are merged into one job. Scores are
   independent per pair, so the merged result equals the unsplit one.
 - A worker that is silent past its expiry is purged; the pieces of its job go
@@ -106,11 +106,12 @@ Action = Union[SendJob, Reply, Fail, Disconnect]
 
 class Scheduler:
     def __init__(self, *, heartbeat_expiry: float, request_timeout: float, no_worker_grace: float,
-                 max_batch_pairs: int, max_retries: int, max_queued: int) -> None:
+                 max_batch_pairs: int, max_retries: int, max_queued: int, min_split_pairs: int = 1) -> None:
         self.heartbeat_expiry = heartbeat_expiry
         self.request_timeout = request_timeout
         self.no_worker_grace = no_worker_grace
         self.max_batch_pairs = max_batch_pairs
+        self.min_split_pairs = min(min_split_pairs, max_batch_pairs)
         self.max_retries = max_retries
         self.max_queued = max_queued
         self.workers: dict[bytes, Worker] = {}
@@ -242,10 +243,15 @@ class Scheduler:
     # -- the core: hand queued work to idle workers -------------------------
     def dispatch(self, now: float) -> None:
         self._drop_closed_pieces()
+        if not (self.idle and self.queue):
+            return
+        queued = sum(p.size for p in self.queue)
         while self.idle and self.queue:
+            # Each idle worker gets an equal share of what is queued, within the split bounds.
+            share = max(self.min_split_pairs, math.ceil(queued / len(self.idle)))
+            budget = min(self.max_batch_pairs, share)
+            queued -= budget
             identity, _ = self.idle.popitem(last=False)
-            queued = sum(p.size for p in self.queue)
-            budget = min(self.max_batch_pairs, max(1, math.ceil(queued / len(self.workers))))
             pieces: list[Piece] = []
             while budget > 0 and self.queue:
                 piece = self.queue[0]

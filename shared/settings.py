@@ -145,6 +145,10 @@ class Settings:
         "RERANKER_MAX_BATCH_PAIRS", _int(1), 64,
         "Most pairs the broker hands one worker at once: big requests are split across idle "
         "workers, small concurrent ones merged, up to this size.")
+    min_split_pairs: int = option(
+        "RERANKER_MIN_SPLIT_PAIRS", _int(1), 16,
+        "Fewest pairs worth a job of their own: a request is split across idle workers only in "
+        "shares of at least this many pairs.")
     heartbeat_interval: float = option(
         "RERANKER_HEARTBEAT_INTERVAL", _float(), 1.0, "Seconds between heartbeats, both ways.")
     heartbeat_liveness: int = option(

@@ -1,0 +1,247 @@
+"""The real gateway (gunicorn + FastAPI), broker and stub workers, over real sockets."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import signal
+import time
+
+import numpy as np
+import orjson
+import pytest
+
+from worker.scorer import stub_score
+
+QUERY = "red apple pie recipe"
+SENTENCES = ["green pie", "a recipe for red apple pie", "red car", "apple", "nothing here", "red apple"]
+
+
+def expected_body(query: str, sentences: list[str], ids: list[int]) -> bytes:
+    """What the original service returned: sorted by score (stable), float32 scores via orjson."""
+    results = [{"id": i, "score": np.float32(stub_score(query, s))} for i, s in zip(ids, sentences)]
+    results.sort(reverse=True, key=lambda r: r["score"])
+    return orjson.dumps({"results": results}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+# -- the contract ----------------------------------------------------------------
+
+def test_rerank_is_byte_compatible_sorted_and_keeps_ids(stub_service):
+    ids = [12, 7, 99, -3, 0, 5]
+    r = stub_service.rerank(QUERY, SENTENCES, ids)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert r.content == expected_body(QUERY, SENTENCES, ids)
+    results = r.json()["results"]
+    assert [x["id"] for x in results][:2] == [7, 5]  # 4/4 words, then 3/4 ("red apple")
+    scores = [x["score"] for x in results]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_ties_keep_request_order(stub_service):
+    sentences = ["pie", "apple", "recipe", "red"]  # one word each: all tie at 0.25
+    r = stub_service.rerank(QUERY, sentences, [4, 3, 2, 1])
+    assert [x["id"] for x in r.json()["results"]] == [4, 3, 2, 1]
+
+
+def test_empty_sentences_answer_without_workers(service_factory):
+    svc = service_factory()
+    svc.start_gateway()  # no worker at all
+    r = svc.rerank("q", [], [])
+    assert r.status_code == 200
+    assert r.content == b'{"results":[]}'
+
+
+def test_large_request_is_split_and_merged_in_order(stub_service):
+    sentences = [f"apple {'pie ' * (i % 4)}{i}" for i in range(50)]  # > RERANKER_MAX_BATCH_PAIRS? no: 50 <= 64
+    ids = list(range(1000, 1050))
+    r = stub_service.rerank("apple pie 7", sentences, ids)
+    assert r.content == expected_body("apple pie 7", sentences, ids)
+
+
+# -- bad input --------------------------------------------------------------------
+
+@pytest.mark.parametrize("body, field", [
+    ({"query": "q", "sentences": ["a", "b"], "ids": [1]}, "ids"),
+    ({"query": "q", "sentences": ["a"], "ids": [1, 2]}, "ids"),
+    ({"query": "q", "sentences": ["a"], "ids": ["1"]}, "ids"),
+    ({"query": "q", "sentences": ["a"], "ids": [1.5]}, "ids"),
+    ({"query": "q", "sentences": ["a"], "ids": [True]}, "ids"),
+    ({"sentences": ["a"], "ids": [1]}, "query"),
+    ({"query": "q", "ids": [1]}, "sentences"),
+    ({"query": "q", "sentences": ["a"]}, "ids"),
+    ({"query": 5, "sentences": ["a"], "ids": [1]}, "query"),
+    ({"query": "q", "sentences": "a", "ids": [1]}, "sentences"),
+    ({"query": "q", "sentences": [None], "ids": [1]}, "sentences"),
+])
+def test_malformed_requests_get_422_naming_the_field(stub_service, body, field):
+    r = stub_service.http.post("/rerank", json=body)
+    assert r.status_code == 422, r.text
+    assert field in r.text
+
+
+def test_malformed_json_gets_422(stub_service):
+    r = stub_service.http.post("/rerank", content=b'{"query": "q", "sentences": [', headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert "json" in r.text.lower()
+
+
+def test_limits_get_413_with_the_limit_named(stub_service):
+    r = stub_service.rerank("q", ["s"] * 51)
+    assert r.status_code == 413 and "50" in r.json()["detail"] and "RERANKER_MAX_SENTENCES" in r.json()["detail"]
+    r = stub_service.rerank("q", ["x" * 501])
+    assert r.status_code == 413 and "500" in r.json()["detail"]
+    r = stub_service.rerank("q" * 501, ["x"])
+    assert r.status_code == 413
+    r = stub_service.http.post("/rerank", content=b" " * 20001, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "20000" in r.json()["detail"]
+    # Chunked body without content-length is counted as it streams.
+    r = stub_service.http.post("/rerank", content=iter([b" " * 15000, b" " * 15000]),
+                               headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert stub_service.rerank("q", ["s"] * 50).status_code == 200  # at the limit: fine
+
+
+# -- routes ----------------------------------------------------------------------
+
+def test_docs_openapi_health_ready_info(stub_service):
+    assert stub_service.get("/health").json() == {"status": "ok"}
+    spec = stub_service.get("/openapi.json").json()
+    assert "/rerank" in spec["paths"]
+    body_ref = spec["paths"]["/rerank"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert set(spec["components"]["schemas"][body_ref.split("/")[-1]]["required"]) == {"query", "sentences", "ids"}
+    docs = stub_service.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    ready = stub_service.get("/ready")
+    assert ready.status_code == 200 and ready.json()["workers"] == 2
+    assert stub_service.get("/info").json()["max_sentences"] == 50
+
+
+def test_cors_preflight(stub_service):
+    r = stub_service.http.options("/rerank", headers={
+        "Origin": "https://search.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type"})
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-origin"] in ("*", "https://search.example")
+    assert "POST" in r.headers["access-control-allow-methods"]
+
+
+def test_cors_origins_are_configurable(service_factory):
+    svc = service_factory(RERANKER_CORS_ORIGINS="https://a.example")
+    svc.start_gateway()
+    ok = svc.http.options("/rerank", headers={"Origin": "https://a.example", "Access-Control-Request-Method": "POST"})
+    bad = svc.http.options("/rerank", headers={"Origin": "https://b.example", "Access-Control-Request-Method": "POST"})
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://a.example"
+    assert bad.status_code == 400
+
+
+# -- the pool ---------------------------------------------------------------------
+
+def test_concurrent_requests_spread_over_workers(service_factory):
+    svc = service_factory().start(workers=2, RERANKER_STUB_DELAY_MS="20")
+    with cf.ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda i: svc.rerank(f"apple {i}", [f"apple {i}", "pear", "apple"]), range(16)))
+    assert all(r.status_code == 200 for r in responses)
+    for i, r in enumerate(responses):  # each answer is its own request's
+        assert r.json()["results"][0] == {"id": 0, "score": 1.0}
+    pool_state = svc.ready()["pool"]
+    assert len(pool_state) == 2
+    assert all(w["jobs"] > 0 for w in pool_state), pool_state
+
+
+def test_big_request_fans_out_over_idle_workers(service_factory):
+    svc = service_factory(RERANKER_MAX_BATCH_PAIRS="8").start(workers=3, RERANKER_STUB_DELAY_MS="10")
+    sentences = [f"word{i % 7} apple" for i in range(48)]
+    r = svc.rerank("apple word3", sentences)
+    assert r.content == expected_body("apple word3", sentences, list(range(48)))
+    assert all(w["pairs"] >= 8 for w in svc.ready()["pool"]), svc.ready()
+
+
+def test_worker_killed_mid_request_is_redispatched(service_factory):
+    svc = service_factory().start(workers=1, RERANKER_STUB_DELAY_MS="300")
+    with cf.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(svc.rerank, QUERY, SENTENCES)  # 6 pairs x 300 ms on the only worker
+        svc.wait_for(lambda: svc.ready()["pool"][0]["busy"], 5, "the worker to be busy")
+        svc.start_worker()  # a fast one, idle
+        svc.wait_ready(2)
+        svc.workers[0].kill()
+        r = pending.result(10)
+    assert r.status_code == 200
+    assert r.content == expected_body(QUERY, SENTENCES, list(range(6)))
+    svc.wait_ready(1)
+
+
+def test_no_worker_gives_503_fast(service_factory):
+    svc = service_factory()
+    svc.start_gateway()
+    assert svc.get("/ready").status_code == 503
+    t0 = time.monotonic()
+    r = svc.rerank(QUERY, SENTENCES)
+    elapsed = time.monotonic() - t0
+    assert r.status_code == 503 and "worker" in r.json()["detail"]
+    assert elapsed < 3, elapsed  # grace is 0.5 s: fails fast, never hangs
+
+
+def test_all_workers_gone_gives_503(service_factory):
+    svc = service_factory().start(workers=2)
+    for proc in svc.workers:
+        proc.kill()
+    svc.wait_ready(0)
+    r = svc.rerank(QUERY, SENTENCES)
+    assert r.status_code == 503
+
+
+def test_stuck_worker_gives_504_at_the_timeout(service_factory):
+    svc = service_factory(RERANKER_REQUEST_TIMEOUT="1.5").start(workers=1, RERANKER_STUB_DELAY_MS="5000")
+    t0 = time.monotonic()
+    r = svc.rerank(QUERY, ["one sentence"])
+    elapsed = time.monotonic() - t0
+    assert r.status_code == 504 and "1.5" in r.json()["detail"]
+    assert 1.4 < elapsed < 4, elapsed
+
+
+def test_queue_limit_gives_429(service_factory):
+    svc = service_factory(RERANKER_MAX_QUEUED="2").start(workers=1, RERANKER_STUB_DELAY_MS="400")
+    with cf.ThreadPoolExecutor(6) as pool:
+        codes = sorted(pool.map(lambda i: svc.rerank("q", ["a"]).status_code, range(6)))
+    assert 429 in codes and 200 in codes, codes
+
+
+def test_several_gateway_processes_share_the_broker(service_factory):
+    svc = service_factory(WEB_CONCURRENCY="2").start(workers=1)
+    with cf.ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda i: svc.rerank(QUERY, SENTENCES, [i] * 6), range(24)))
+    assert all(r.content == expected_body(QUERY, SENTENCES, [i] * 6) for i, r in enumerate(responses))
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+    kids = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(k) for k in (task / "children").read_text().split()]
+    return kids
+
+
+def test_broker_crash_is_restarted_and_workers_reconnect(service_factory):
+    from pathlib import Path
+    svc = service_factory().start(workers=2)
+    brokers = [k for k in _children(svc.gateway.pid)
+               if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]
+    assert len(brokers) == 1, brokers
+    os.kill(brokers[0], signal.SIGKILL)
+    svc.wait_for(lambda: svc.ready().get("workers") == 2 and brokers[0] not in _children(svc.gateway.pid),
+                 20, "a new broker with both workers back")
+    r = svc.rerank(QUERY, SENTENCES)
+    assert r.content == expected_body(QUERY, SENTENCES, list(range(6)))
+
+
+def test_sigterm_lets_a_worker_finish_its_job(service_factory):
+    svc = service_factory().start(workers=1, RERANKER_STUB_DELAY_MS="200")
+    with cf.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(svc.rerank, QUERY, SENTENCES)
+        svc.wait_for(lambda: svc.ready()["pool"][0]["busy"], 5, "the worker to be busy")
+        svc.workers[0].terminate()
+        r = pending.result(10)
+    assert r.status_code == 200 and r.content == expected_body(QUERY, SENTENCES, list(range(6)))
+    assert svc.workers[0].wait(5) == 0
+    svc.wait_ready(0)  # it said DISCONNECT: gone at once, not after a purge

@@ -1,0 +1,220 @@
+"""Broker bookkeeping, driven with explicit times: no sockets, no sleeps."""
+
+import numpy as np
+import pytest
+
+from gateway.scheduler import Fail, Reply, Scheduler, SendJob
+
+
+def make(**kw) -> Scheduler:
+    args = dict(heartbeat_expiry=3.0, request_timeout=10.0, no_worker_grace=2.0, max_batch_pairs=4,
+                max_retries=1, max_queued=10)
+    args.update(kw)
+    return Scheduler(**args)
+
+
+def scores_for(job: SendJob) -> np.ndarray:
+    """Fake scores that encode the sentence, so merges can be checked: 's7' -> 7."""
+    return np.array([float(s[1:]) for _, sentences in job.tasks for s in sentences], dtype=np.float32)
+
+
+def sents(n, start=0):
+    return [f"s{i}" for i in range(start, start + n)]
+
+
+def test_work_goes_to_idle_workers_only():
+    s = make()
+    s.submit(b"c", b"r1", "q", sents(2), now=0)
+    assert s.drain() == []  # no worker yet: it waits
+    s.worker_ready(b"w1", {}, now=0)
+    (job,) = s.drain()
+    assert isinstance(job, SendJob) and job.worker == b"w1" and job.tasks == [("q", ["s0", "s1"])]
+    s.submit(b"c", b"r2", "q", sents(2), now=0)
+    assert s.drain() == []  # w1 is busy: nothing is pushed onto it
+    s.job_done(b"w1", job.job_id, scores_for(job), now=1)
+    reply, job2 = s.drain()
+    assert isinstance(reply, Reply) and reply.rid == b"r1" and reply.scores.tolist() == [0, 1]
+    assert isinstance(job2, SendJob) and job2.worker == b"w1"
+
+
+def test_big_request_is_split_across_idle_workers_and_merged_in_order():
+    s = make(max_batch_pairs=100)
+    for w in (b"w1", b"w2", b"w3"):
+        s.worker_ready(w, {}, now=0)
+    s.submit(b"c", b"big", "q", sents(10), now=0)
+    jobs = s.drain()
+    assert [j.worker for j in jobs] == [b"w1", b"w2", b"w3"]
+    assert [len(j.tasks[0][1]) for j in jobs] == [4, 3, 3]  # fair shares of 10 over 3
+    for job in reversed(jobs):  # answers out of order
+        s.job_done(job.worker, job.job_id, scores_for(job), now=1)
+    (reply,) = s.drain()
+    assert reply.scores.tolist() == list(range(10))
+
+
+def test_small_requests_are_not_split_below_min_split_pairs():
+    s = make(max_batch_pairs=100, min_split_pairs=4)
+    for w in (b"w1", b"w2", b"w3"):
+        s.worker_ready(w, {}, now=0)
+    s.submit(b"c", b"small", "q", sents(6), now=0)
+    assert [len(j.tasks[0][1]) for j in s.drain()] == [4, 2]
+    s.submit(b"c", b"tiny", "q", sents(3), now=0)
+    assert [len(j.tasks[0][1]) for j in s.drain()] == [3]
+
+
+def test_small_concurrent_requests_are_merged_into_one_job():
+    s = make(max_batch_pairs=8)
+    s.submit(b"c1", b"a", "qa", sents(3), now=0)
+    s.submit(b"c2", b"b", "qb", sents(3, 10), now=0)
+    s.worker_ready(b"w", {}, now=0)
+    (job,) = s.drain()
+    assert job.tasks == [("qa", ["s0", "s1", "s2"]), ("qb", ["s10", "s11", "s12"])]
+    s.job_done(b"w", job.job_id, scores_for(job), now=1)
+    replies = {r.rid: r.scores.tolist() for r in s.drain()}
+    assert replies == {b"a": [0, 1, 2], b"b": [10, 11, 12]}
+
+
+def test_silent_worker_is_purged_and_its_work_redispatched():
+    s = make()
+    s.worker_ready(b"w1", {}, now=0)
+    s.submit(b"c", b"r", "q", sents(3), now=0)
+    (job,) = s.drain()
+    s.worker_ready(b"w2", {}, now=1)
+    s.worker_seen(b"w2", now=2.5)
+    s.tick(now=2.9)
+    assert s.drain() == [] and b"w1" in s.workers
+    s.tick(now=3.0)  # w1 silent for 3 s: purged
+    assert b"w1" not in s.workers
+    (job2,) = s.drain()
+    assert job2.worker == b"w2" and job2.tasks == job.tasks
+    s.job_done(b"w1", job.job_id, scores_for(job), now=3.1)  # a late answer from the dead one is ignored
+    assert s.drain() == []
+    s.job_done(b"w2", job2.job_id, scores_for(job2), now=3.2)
+    (reply,) = s.drain()
+    assert reply.scores.tolist() == [0, 1, 2]
+    assert s.status()["redispatched"] == 1 and s.status()["purged"] == 1
+
+
+def test_retries_are_bounded():
+    s = make(max_retries=1)
+    s.submit(b"c", b"r", "q", sents(1), now=0)
+    s.worker_ready(b"w1", {}, now=0)
+    s.drain()
+    s.worker_gone(b"w1", now=1)  # first loss: re-queued
+    assert s.drain() == [] and s.status()["queued"] == 1
+    s.worker_ready(b"w2", {}, now=1)
+    s.drain()
+    s.worker_gone(b"w2", now=2)  # second loss: past max_retries
+    (fail,) = s.drain()
+    assert isinstance(fail, Fail) and fail.status == 503 and "died" in fail.message
+    assert s.status()["queued"] == 0 and not s.requests
+
+
+def test_request_past_its_deadline_gets_504_and_its_late_result_is_dropped():
+    s = make(request_timeout=5)
+    s.worker_ready(b"w", {}, now=0)
+    s.submit(b"c", b"r", "q", sents(2), now=0)
+    (job,) = s.drain()
+    s.worker_seen(b"w", now=2.5)
+    s.worker_seen(b"w", now=4.9)
+    s.tick(now=4.99)
+    assert s.drain() == []
+    s.tick(now=5.0)
+    (fail,) = s.drain()
+    assert fail.status == 504
+    s.job_done(b"w", job.job_id, scores_for(job), now=6)
+    assert s.drain() == [] and list(s.idle) == [b"w"]  # the worker is idle again
+
+
+def test_no_worker_fails_after_the_grace_period():
+    s = make(no_worker_grace=2)
+    s.submit(b"c", b"r", "q", sents(1), now=10)
+    s.tick(now=11.9)
+    assert s.drain() == []
+    assert s.next_deadline() == 12
+    s.tick(now=12)
+    (fail,) = s.drain()
+    assert fail.status == 503 and "no worker" in fail.message
+
+
+def test_waiting_for_a_busy_worker_is_not_a_503():
+    s = make(no_worker_grace=2)
+    s.worker_ready(b"w", {}, now=0)
+    s.submit(b"c", b"r1", "q", sents(1), now=0)
+    s.submit(b"c", b"r2", "q", sents(1), now=0)
+    s.drain()
+    s.worker_seen(b"w", now=2.5)
+    s.tick(now=2.9)
+    assert s.drain() == []  # r2 waits in the queue; only its deadline can fail it
+
+
+def test_grace_restarts_when_the_last_worker_dies():
+    s = make(no_worker_grace=2)
+    s.worker_ready(b"w", {}, now=0)
+    s.submit(b"c", b"r", "q", sents(1), now=0)
+    s.drain()
+    s.worker_gone(b"w", now=5)
+    s.tick(now=6.9)
+    assert s.drain() == []
+    s.tick(now=7)
+    assert [a.status for a in s.drain()] == [503]
+
+
+def test_queue_limit_gives_429():
+    s = make(max_queued=2)
+    for rid in (b"1", b"2", b"3"):
+        s.submit(b"c", rid, "q", sents(1), now=0)
+    (fail,) = s.drain()
+    assert fail.rid == b"3" and fail.status == 429
+
+
+def test_empty_request_is_answered_at_once():
+    s = make()
+    s.submit(b"c", b"r", "q", [], now=0)
+    (reply,) = s.drain()
+    assert isinstance(reply, Reply) and reply.scores.shape == (0,) and not s.requests
+
+
+def test_wrong_number_of_scores_fails_the_request():
+    s = make()
+    s.worker_ready(b"w", {}, now=0)
+    s.submit(b"c", b"r", "q", sents(3), now=0)
+    (job,) = s.drain()
+    s.job_done(b"w", job.job_id, np.zeros(2, np.float32), now=1)
+    (fail,) = s.drain()
+    assert fail.status == 502 and "2 scores for 3" in fail.message
+
+
+def test_worker_error_fails_the_request_with_500():
+    s = make()
+    s.worker_ready(b"w", {}, now=0)
+    s.submit(b"c", b"r", "q", sents(1), now=0)
+    (job,) = s.drain()
+    s.job_failed(b"w", job.job_id, "RuntimeError: boom", now=1)
+    (fail,) = s.drain()
+    assert fail.status == 500 and "boom" in fail.message
+
+
+def test_unknown_worker_is_not_seen():
+    s = make()
+    assert s.worker_seen(b"ghost", now=0) is False
+
+
+def test_reannounced_worker_loses_its_job_to_the_queue():
+    s = make()
+    s.worker_ready(b"w", {}, now=0)
+    s.submit(b"c", b"r", "q", sents(2), now=0)
+    (job,) = s.drain()
+    s.worker_ready(b"w", {}, now=1)  # restarted with the same identity
+    (job2,) = s.drain()
+    assert job2.job_id != job.job_id and job2.tasks == job.tasks
+
+
+def test_status_reports_the_pool():
+    s = make()
+    s.worker_ready(b"w", {"host": "h", "pid": 7}, now=0)
+    s.submit(b"c", b"r", "q", sents(2), now=0)
+    (job,) = s.drain()
+    assert s.status()["pool"] == [{"host": "h", "pid": 7, "busy": True, "jobs": 0, "pairs": 0}]
+    s.job_done(b"w", job.job_id, scores_for(job), now=1)
+    assert s.status()["pool"][0] == {"host": "h", "pid": 7, "busy": False, "jobs": 1, "pairs": 2}
+    assert s.status()["workers"] == 1 and s.status()["idle"] == 1
