@@ -70,6 +70,9 @@ class GatewayServer(BaseApplication):
         self.cfg.set("graceful_timeout", int(s.request_timeout) + 5)
         self.cfg.set("keepalive", 5)
         self.cfg.set("proc_name", "reranker-gateway")
+        if "control_socket_disable" in self.cfg.settings:
+            # gunicorn 23+'s control socket sits at one path per user: two gateways on a host would fight over it
+            self.cfg.set("control_socket_disable", True)
 
     def load(self):
         # Runs in each worker after fork: the app and its broker socket are made there.

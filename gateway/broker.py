@@ -56,7 +56,8 @@ class Broker:
         sock.bind(endpoint)
         return sock
 
-    def run(self) -> None:
+    def run(self, parent: int | None = None) -> None:
+        """Serve until stop(), or until the process `parent` is gone (then nobody supervises us)."""
         poller = zmq.Poller()
         poller.register(self.frontend, zmq.POLLIN)
         poller.register(self.backend, zmq.POLLIN)
@@ -74,6 +75,9 @@ class Broker:
             if self.frontend in events:
                 self._drain(self.frontend, self._on_client, now)
             self.scheduler.tick(now)
+            if parent is not None and os.getppid() != parent:
+                log.error("the gateway process %d is gone; broker exits", parent)
+                break
             if now >= next_heartbeat:
                 for identity in list(self.scheduler.workers):
                     self._send(self.backend, identity, p.encode(p.HEARTBEAT))
@@ -168,11 +172,16 @@ class Broker:
 def run_broker(settings: Settings) -> None:
     """Entry point of the broker process."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Our own process group: a Ctrl-C or SIGTERM meant for gunicorn's group must not stop the broker
+    # under requests still draining; the supervisor stops it after gunicorn, or it exits when
+    # its parent is gone.
+    os.setpgrp()
+    parent = os.getppid()
     broker = Broker(settings)
     signal.signal(signal.SIGTERM, lambda *_: broker.stop())
     signal.signal(signal.SIGINT, lambda *_: broker.stop())
     try:
-        broker.run()
+        broker.run(parent)
     finally:
         broker.close()
         log.info("broker %d stopped", os.getpid())

@@ -245,3 +245,24 @@ def test_sigterm_lets_a_worker_finish_its_job(service_factory):
     assert r.status_code == 200 and r.content == expected_body(QUERY, SENTENCES, list(range(6)))
     assert svc.workers[0].wait(5) == 0
     svc.wait_ready(0)  # it said DISCONNECT: gone at once, not after a purge
+
+
+def test_workers_started_before_the_gateway_join_when_it_comes(service_factory):
+    # The worker gives up on the silent broker after 0.3 s and re-announces after a 1 s back-off:
+    # the grace period is what absorbs such a gap.
+    svc = service_factory(RERANKER_NO_WORKER_GRACE="3")
+    svc.start_worker()
+    time.sleep(0.5)  # the worker is up, heartbeating into the void
+    svc.start_gateway()
+    svc.wait_ready(1, timeout=15)
+    assert svc.rerank(QUERY, SENTENCES).content == expected_body(QUERY, SENTENCES, list(range(6)))
+
+
+def test_gateway_restart_workers_reconnect_by_themselves(service_factory):
+    svc = service_factory().start(workers=1)
+    os.killpg(svc.gateway.pid, signal.SIGKILL)
+    svc.gateway.wait(5)
+    svc.start_gateway()
+    svc.wait_ready(1, timeout=20)
+    assert svc.rerank(QUERY, SENTENCES).status_code == 200
+    assert svc.workers[0].poll() is None  # the same worker process, reconnected
