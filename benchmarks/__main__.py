@@ -1,0 +1,404 @@
+"""The benchmark suite of issue 4: one command, on a fresh machine.
+
+    .venv/bin/python -m benchmarks run --quick          # W30 at c1/c8, all systems, ~10 min
+    .venv/bin/python -m benchmarks run --full           # W5/W30 at c1/4/8/32 and W240, ~40 min
+    .venv/bin/python -m benchmarks run --quick --service bf16:RERANKER_PRECISION=bf16
+    .venv/bin/python -m benchmarks gateway              # stub gateway overhead only (wrk)
+    .venv/bin/python -m benchmarks scaling              # stub scaling only
+    .venv/bin/python -m benchmarks quality --mode bf16:RERANKER_PRECISION=bf16 [--data q.jsonl]
+    .venv/bin/python -m benchmarks peaks                # GEMM peaks only
+    bash benchmarks/peers/setup.sh                      # peer venvs (infinity-emb, LitServe)
+
+Everything is written under benchmarks/results/<time>/ (results.json, results.md, latency.png,
+logs/), and benchmarks/results/latest points there. The model is built on first use under
+benchmarks/.models/ (random weights, the real architecture). Peers without a venv are skipped
+with a note. Targets are ratios of this run; nothing here asserts on timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import flops, loadgen, quality, report, stub_bench, systems
+from .models import build_model
+from .procs import ROOT, Monitor, loadavg, python
+from .workloads import WORKLOADS, make_requests, token_stats
+
+MODELS = ROOT / "benchmarks" / ".models"
+RESULTS = ROOT / "benchmarks" / "results"
+DEFAULT_SYSTEMS = ["inprocess", "original", "service", "infinity-torch", "infinity-onnx", "litserve"]
+
+# Per preset: workloads with their concurrencies, requests per point (n = max(base, mult * c)), and the
+# sizes of the stub benchmarks.
+PRESETS = {
+    "smoke": dict(arch="tiny", workloads={"W5": [1, 2]}, base=2, mult=1, max_point_s=60, inproc_n=2,
+                  peaks_s=0.2, peaks_n=256, gateway_s=1, gateway_wc=[1], scaling=[1, 2], scaling_s=1.0,
+                  scaling_delay=5.0, w240_repeats=1, quality_queries=2, systems=["inprocess", "original", "service"]),
+    "quick": dict(arch="mxbai-base", workloads={"W30": [1, 8]}, base=3, mult=1.5, max_point_s=240, inproc_n=3,
+                  peaks_s=2.0, peaks_n=2048, gateway_s=8, gateway_wc=[1, 2], scaling=[1, 2, 4, 8], scaling_s=4.0,
+                  scaling_delay=10.0, w240_repeats=2, quality_queries=8, systems=DEFAULT_SYSTEMS),
+    "full": dict(arch="mxbai-base", workloads={"W5": [1, 4, 8, 32], "W30": [1, 4, 8, 32], "W240": [1, 4]},
+                 base=4, mult=2, max_point_s=300, inproc_n=4, peaks_s=3.0, peaks_n=2048, gateway_s=15,
+                 gateway_wc=[1, 2], scaling=list(range(1, 9)), scaling_s=8.0, scaling_delay=10.0, w240_repeats=3,
+                 quality_queries=24, systems=DEFAULT_SYSTEMS),
+}
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16",
+                                                       "amx_int8", "avx_vnni"))
+    except OSError:
+        pass
+    return []
+
+
+def ensure_model(arch: str, path: str | None) -> Path:
+    if path:
+        return Path(path).resolve()
+    target = MODELS / arch
+    print(f"bench: model {arch} at {target} (built on first use)", file=sys.stderr)
+    return build_model(target, arch).resolve()
+
+
+def measure_peaks(threads: int, seconds: float, n: int) -> dict:
+    proc = subprocess.run([python(), "-c", f"import json; from benchmarks.flops import measure_peaks; "
+                                           f"print(json.dumps(measure_peaks({threads}, {seconds}, {n})))"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def workload_info(model: Path, names: list[str], seed: int) -> dict:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model))
+    shape = flops.model_shape(model)
+    out = {}
+    for name in names:
+        reqs = make_requests(name, 16, seed)
+        stats = token_stats(tok, reqs)
+        lengths = stats.pop("pair_lengths")
+        per_req = [flops.request_flops(ls, shape) for ls in lengths]
+        stats["gflop_per_request"] = round(statistics.mean(per_req) / 1e9, 2)
+        stats["flop_per_pair"] = statistics.mean(per_req) / stats["pairs"]
+        out[name] = stats
+    return out
+
+
+def point_requests(preset: dict, c: int) -> int:
+    return int(max(preset["base"], round(preset["mult"] * c)))
+
+
+def bench_system(spec: systems.SystemSpec, args, preset: dict, model: Path, logs: Path, winfo: dict,
+                 peaks: dict) -> tuple[dict, list[dict]]:
+    ok, why = spec.available()
+    sysrow = {"system": spec.name, "kind": spec.kind, "env": spec.env}
+    if not ok:
+        print(f"bench: {spec.name}: {why}", file=sys.stderr)
+        return {**sysrow, "skipped": why}, []
+    rows = []
+    peak_key, peak = flops.peak_for(spec.precision_env(), peaks)
+
+    def finish(row: dict, workload: str) -> dict:
+        pps = row.get("pairs_per_s")
+        if pps:
+            row["gflops"] = round(pps * winfo[workload]["flop_per_pair"] / 1e9, 1)
+            if peak:
+                row["peak_fraction"] = round(row["gflops"] / peak, 3)
+                row["peak_key"] = peak_key
+        return row
+
+    if spec.kind == "inprocess":
+        for workload in preset["workloads"]:
+            n = preset["inproc_n"]
+            print(f"bench: {spec.name} {workload}: {n} requests in a row", file=sys.stderr)
+            try:
+                r = systems.run_inprocess(model, args.threads, workload, n, args.seed, logs, Monitor)
+            except Exception as exc:  # noqa: BLE001 - reported, the run goes on
+                rows.append({"system": spec.name, "workload": workload, "error": str(exc)[:500]})
+                continue
+            lat = [x * 1000 for x in r["latencies_s"]]
+            pairs = WORKLOADS[workload]
+            row = {"system": spec.name, "workload": workload, "concurrency": 1, "requests": len(lat), "errors": 0,
+                   "wall_s": round(sum(lat) / 1000, 3), "pairs_per_s": round(pairs * len(lat) / (sum(lat) / 1000), 2),
+                   "requests_per_s": round(len(lat) / (sum(lat) / 1000), 3),
+                   **{f"p{q}_ms": round(loadgen.percentile(lat, q), 1) for q in (50, 90, 99)},
+                   "mean_ms": round(sum(lat) / len(lat), 1), "load_s": r["load_s"], **r["monitor"]}
+            rows.append(finish(row, workload))
+        return {**sysrow, "info": {"threads": args.threads}}, rows
+
+    print(f"bench: starting {spec.name}", file=sys.stderr)
+    t0 = time.monotonic()
+    try:
+        running = systems.start(spec, model, args.threads, logs, workers=args.workers)
+    except Exception as exc:  # noqa: BLE001 - a system that cannot start is reported, not fatal
+        print(f"bench: {spec.name} failed to start: {str(exc)[:300]}", file=sys.stderr)
+        return {**sysrow, "error": f"failed to start: {str(exc)[:1500]}"}, []
+    sysrow["start_s"] = round(time.monotonic() - t0, 1)
+    sysrow["info"] = running.info
+    try:
+        for workload, concs in preset["workloads"].items():
+            pool = make_requests(workload, 64, args.seed)
+            try:
+                loadgen.send_one(running.url, running.api, make_requests(workload, 1, args.seed + 1000)[0])  # warm-up
+            except Exception as exc:  # noqa: BLE001
+                rows.append({"system": spec.name, "workload": workload, "error": f"warm-up failed: {exc}"[:500]})
+                continue
+            for c in concs:
+                n = point_requests(preset, c)
+                print(f"bench: {spec.name} {workload} c={c}: {n} requests", file=sys.stderr)
+                with Monitor(running.groups()) as mon:
+                    samples = loadgen.closed_loop(running.url, running.api, pool, c, n,
+                                                  max_seconds=preset["max_point_s"])
+                row = {"system": spec.name, "workload": workload, "concurrency": c, **loadgen.summarize(samples),
+                       **mon.summary()}
+                rows.append(finish(row, workload))
+    finally:
+        running.stop()
+    return sysrow, rows
+
+
+def compute_targets(res: dict) -> list[dict]:
+    out = []
+    g = res.get("gateway_overhead") or {}
+    good = [r for r in g.get("runs", []) if not r.get("error")]
+    if good:
+        best = max(good, key=lambda r: r["requests_per_s"])
+        out.append({"name": f"gateway W30 req/s at c{best['connections']} (stub, WEB_CONCURRENCY={best['web_concurrency']})",
+                    "value": round(best["requests_per_s"]), "goal": ">= 1500", "ok": best["requests_per_s"] >= 1500})
+        out.append({"name": f"gateway W30 p99 at c{best['connections']} (same run)", "value": f"{best['p99_ms']} ms",
+                    "goal": "<= 25 ms", "ok": best["p99_ms"] is not None and best["p99_ms"] <= 25})
+    s = res.get("scaling") or {}
+    for p in s.get("points", []):
+        if p["workers"] > 1:
+            out.append({"name": f"scaling: throughput with {p['workers']} stub workers / one worker's",
+                        "value": p["speedup"], "goal": f">= {0.9 * p['workers']:.1f}",
+                        "ok": p["speedup"] is not None and p["speedup"] >= 0.9 * p["workers"]})
+            out.append({"name": f"scaling: W240 over {p['workers']} idle workers / (t1/{p['workers']})",
+                        "value": p["w240_vs_ideal"], "goal": "<= 1.25", "ok": p["w240_vs_ideal"] <= 1.25})
+    return out
+
+
+def add_reference_ratios(res: dict) -> None:
+    ref = {r["workload"]: r["pairs_per_s"] for r in res["results"] if r.get("system") == "inprocess" and r.get("pairs_per_s")}
+    for r in res["results"]:
+        if r.get("pairs_per_s") and r.get("workload") in ref:
+            r["vs_reference"] = round(r["pairs_per_s"] / ref[r["workload"]], 3)
+
+
+def cmd_run(args) -> int:
+    preset_name = "smoke" if args.smoke else "full" if args.full else "quick"
+    preset = dict(PRESETS[preset_name])
+    if args.workloads:
+        concs = [int(c) for c in args.concurrency.split(",")] if args.concurrency else [1, 8]
+        preset["workloads"] = {w: concs for w in args.workloads.split(",")}
+    elif args.concurrency:
+        concs = [int(c) for c in args.concurrency.split(",")]
+        preset["workloads"] = {w: concs for w in preset["workloads"]}
+    if args.requests_scale != 1.0:
+        preset["base"] = max(1, round(preset["base"] * args.requests_scale))
+        preset["mult"] *= args.requests_scale
+        preset["inproc_n"] = max(1, round(preset["inproc_n"] * args.requests_scale))
+    out_dir = Path(args.out) if args.out else RESULTS / time.strftime("%Y%m%d-%H%M%S")
+    logs = out_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    model = ensure_model(args.arch or preset["arch"], args.model)
+    names = args.systems.split(",") if args.systems else list(preset["systems"])
+    specs = [systems.SystemSpec.parse(n) for n in names]
+    specs += [systems.SystemSpec.parse(s if s.startswith("service") else f"service-{s}") for s in args.service]
+    try:
+        import torch
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = None
+    res: dict = {
+        "meta": {"preset": preset_name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit(),
+                 "cpu": cpu_name(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "python": platform.python_version(),
+                 "torch": torch_version, "threads": args.threads, "workers": args.workers, "seed": args.seed,
+                 "loadavg_before": loadavg(), "argv": sys.argv[1:],
+                 "note": "Compare ratios within one run; take final numbers on a quiet machine."},
+        "model": {"arch": args.arch or preset["arch"], "path": str(model)},
+    }
+    print(f"bench: load average {res['meta']['loadavg_before']:.2f} at start", file=sys.stderr)
+    if not args.no_peaks:
+        print("bench: GEMM peaks", file=sys.stderr)
+        res["peaks"] = measure_peaks(args.threads, preset["peaks_s"], preset["peaks_n"])
+    peaks = res.get("peaks") or {}
+    res["workloads"] = workload_info(model, list(preset["workloads"]), args.seed)
+    res["systems"], res["results"] = [], []
+    for spec in specs:
+        sysrow, rows = bench_system(spec, args, preset, model, logs, res["workloads"], peaks)
+        res["systems"].append(sysrow)
+        res["results"].extend(rows)
+    add_reference_ratios(res)
+    if not args.no_gateway:
+        print("bench: gateway overhead (stub workers, wrk)", file=sys.stderr)
+        try:
+            res["gateway_overhead"] = stub_bench.gateway_overhead(logs, web_concurrencies=preset["gateway_wc"],
+                                                                  seconds=preset["gateway_s"], install_wrk=args.install_wrk)
+        except Exception as exc:  # noqa: BLE001
+            res["gateway_overhead"] = {"skipped": f"failed: {str(exc)[:500]}"}
+    if not args.no_scaling:
+        print("bench: scaling (stub workers with a fixed cost per pair)", file=sys.stderr)
+        try:
+            res["scaling"] = stub_bench.scaling(logs, counts=preset["scaling"], delay_ms=preset["scaling_delay"],
+                                                seconds=preset["scaling_s"], w240_repeats=preset["w240_repeats"])
+        except Exception as exc:  # noqa: BLE001
+            res["scaling"] = {"skipped": f"failed: {str(exc)[:500]}"}
+    modes = list(args.quality_mode) + [
+        f"{s.name}:{','.join(f'{k}={v}' for k, v in s.env.items() if k.startswith('RERANKER_'))}"
+        for s in specs if s.kind == "service" and any(k.startswith("RERANKER_") for k in s.env)]
+    if modes or args.quality_data:
+        print(f"bench: quality of {', '.join(m.split(':')[0] for m in modes) or 'fp32'} against fp32", file=sys.stderr)
+        res["quality"] = quality.run(model, modes, Path(args.quality_data) if args.quality_data else None,
+                                     args.threads, preset["quality_queries"])
+    res["meta"]["loadavg_after"] = loadavg()
+    res["targets"] = compute_targets(res)
+    paths = report.write(res, out_dir)
+    latest = RESULTS / "latest"
+    if out_dir.parent == RESULTS:
+        if latest.is_symlink() or latest.exists():
+            latest.unlink()
+        latest.symlink_to(out_dir.name)
+    print(report.markdown(res))
+    print("\n" + "\n".join(f"bench: wrote {p}" for p in paths.values()), file=sys.stderr)
+    return 0
+
+
+def cmd_gateway(args) -> int:
+    out = Path(args.out) if args.out else RESULTS / ("gateway-" + time.strftime("%Y%m%d-%H%M%S"))
+    g = stub_bench.gateway_overhead(out / "logs", web_concurrencies=[int(x) for x in args.web_concurrency.split(",")],
+                                    workers=args.stub_workers, connections=args.connections, seconds=args.seconds,
+                                    install_wrk=args.install_wrk)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gateway.json").write_text(json.dumps(g, indent=2))
+    print(report.gateway_table(g))
+    return 0
+
+
+def cmd_scaling(args) -> int:
+    out = Path(args.out) if args.out else RESULTS / ("scaling-" + time.strftime("%Y%m%d-%H%M%S"))
+    counts = [int(x) for x in args.workers.split(",")] if args.workers else list(range(1, 9))
+    s = stub_bench.scaling(out / "logs", counts=counts, delay_ms=args.delay_ms, seconds=args.seconds)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scaling.json").write_text(json.dumps(s, indent=2))
+    print(report.scaling_table(s))
+    return 0
+
+
+def cmd_quality(args) -> int:
+    model = ensure_model(args.arch, args.model)
+    q = quality.run(model, args.mode, Path(args.data) if args.data else None, args.threads, args.queries)
+    if args.out:
+        Path(args.out).write_text(json.dumps(q, indent=2))
+    print(quality.markdown(q))
+    return 1 if q.get("error") else 0
+
+
+def cmd_peaks(args) -> int:
+    print(json.dumps(measure_peaks(args.threads, args.seconds, 2048)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    run = sub.add_parser("run", help="the whole suite")
+    size = run.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="W30 at c1/c8 (default)")
+    size.add_argument("--full", action="store_true", help="W5/W30 at c1/4/8/32, W240 at c1/4, 8-worker scaling")
+    size.add_argument("--smoke", action="store_true", help="tiny model, a few requests (the test suite's)")
+    run.add_argument("--systems", help=f"comma-separated, default: {','.join(DEFAULT_SYSTEMS)}")
+    run.add_argument("--service", action="append", default=[], metavar="NAME:VAR=VAL,...",
+                     help="an extra service system with these worker settings, e.g. bf16:RERANKER_PRECISION=bf16 "
+                          "(WORKERS=n sets the worker count); repeatable")
+    run.add_argument("--workloads", help="comma-separated subset of W5,W30,W240 (with --concurrency)")
+    run.add_argument("--concurrency", help="comma-separated concurrencies for every workload")
+    run.add_argument("--requests-scale", type=float, default=1.0, help="scale the requests per point")
+    run.add_argument("--threads", type=int, default=2, help="torch threads of every system (default 2)")
+    run.add_argument("--workers", type=int, default=1, help="service workers (each with --threads threads)")
+    run.add_argument("--arch", choices=["mxbai-base", "tiny"], help="model to build (default by preset)")
+    run.add_argument("--model", help="use this model directory instead of building one")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--out", help="output directory (default benchmarks/results/<time>)")
+    run.add_argument("--no-peaks", action="store_true")
+    run.add_argument("--no-gateway", action="store_true")
+    run.add_argument("--no-scaling", action="store_true")
+    run.add_argument("--install-wrk", action="store_true", help="apt-get install wrk if it is missing (root)")
+    run.add_argument("--quality-mode", action="append", default=[], metavar="NAME:VAR=VAL,...")
+    run.add_argument("--quality-data", help="JSONL of {query, candidates} for the quality comparison")
+    run.set_defaults(fn=cmd_run)
+
+    gw = sub.add_parser("gateway", help="gateway overhead with stub workers (wrk)")
+    gw.add_argument("--web-concurrency", default="1,2")
+    gw.add_argument("--stub-workers", type=int, default=2)
+    gw.add_argument("--connections", type=int, default=32)
+    gw.add_argument("--seconds", type=float, default=15)
+    gw.add_argument("--install-wrk", action="store_true")
+    gw.add_argument("--out")
+    gw.set_defaults(fn=cmd_gateway)
+
+    sc = sub.add_parser("scaling", help="throughput vs stub workers, W240 over k workers")
+    sc.add_argument("--workers", help="comma-separated counts (default 1..8)")
+    sc.add_argument("--delay-ms", type=float, default=10.0)
+    sc.add_argument("--seconds", type=float, default=8.0)
+    sc.add_argument("--out")
+    sc.set_defaults(fn=cmd_scaling)
+
+    qu = sub.add_parser("quality", help="compare scoring modes against fp32")
+    qu.add_argument("--mode", action="append", default=[], metavar="NAME:VAR=VAL,...")
+    qu.add_argument("--data", help="JSONL: {\"query\": str, \"candidates\": [str]} per line (default: built-in)")
+    qu.add_argument("--queries", type=int, default=24, help="built-in queries")
+    qu.add_argument("--threads", type=int, default=2)
+    qu.add_argument("--arch", default="mxbai-base", choices=["mxbai-base", "tiny"])
+    qu.add_argument("--model")
+    qu.add_argument("--out", help="write the JSON here")
+    qu.set_defaults(fn=cmd_quality)
+
+    pk = sub.add_parser("peaks", help="GEMM peaks of this machine (fp32, bf16, int8)")
+    pk.add_argument("--threads", type=int, default=2)
+    pk.add_argument("--seconds", type=float, default=3.0)
+    pk.set_defaults(fn=cmd_peaks)
+
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
