@@ -1,8 +1,8 @@
 """Run the real service for tests: `python -m gateway` and `python -m worker` as processes.
 
 Every Service gets its own HTTP port, worker port and ipc endpoint, so tests
-can run side by side. Heartbeats are fast (0.1 s x 3) so that dead workers are
-noticed in tests within a fraction of a second.
+can run side by side. Heartbeats are fast (0.2 s x 5) so that dead workers are
+noticed in tests within a second.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 
 FAST = {
-    "RERANKER_HEARTBEAT_INTERVAL": "0.1",
-    "RERANKER_HEARTBEAT_LIVENESS": "3",
-    "RERANKER_NO_WORKER_GRACE": "0.5",
+    # 1 s to notice a dead worker: fast, yet robust on a loaded 2-core CI machine
+    "RERANKER_HEARTBEAT_INTERVAL": "0.2",
+    "RERANKER_HEARTBEAT_LIVENESS": "5",
+    "RERANKER_NO_WORKER_GRACE": "1.5",
     "RERANKER_REQUEST_TIMEOUT": "20",
 }
 

@@ -179,7 +179,7 @@ def test_no_worker_gives_503_fast(service_factory):
     r = svc.rerank(QUERY, SENTENCES)
     elapsed = time.monotonic() - t0
     assert r.status_code == 503 and "worker" in r.json()["detail"]
-    assert elapsed < 3, elapsed  # grace is 0.5 s: fails fast, never hangs
+    assert elapsed < 4, elapsed  # grace is 1.5 s: fails fast, never hangs
 
 
 def test_all_workers_gone_gives_503(service_factory):
@@ -248,7 +248,7 @@ def test_sigterm_lets_a_worker_finish_its_job(service_factory):
 
 
 def test_workers_started_before_the_gateway_join_when_it_comes(service_factory):
-    # The worker gives up on the silent broker after 0.3 s and re-announces after a 1 s back-off:
+    # The worker gives up on the silent broker after 1 s and re-announces after a 1 s back-off:
     # the grace period is what absorbs such a gap.
     svc = service_factory(RERANKER_NO_WORKER_GRACE="3")
     svc.start_worker()
