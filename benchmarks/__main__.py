@@ -40,8 +40,8 @@ DEFAULT_SYSTEMS = ["inprocess", "original", "service", "infinity-torch", "infini
 # sizes of the stub benchmarks.
 PRESETS = {
     "smoke": dict(arch="tiny", workloads={"W5": [1, 2]}, base=2, mult=1, max_point_s=60, inproc_n=2,
-                  peaks_s=0.2, peaks_n=256, gateway_s=1, gateway_wc=[1], scaling=[1, 2], scaling_s=1.0,
-                  scaling_delay=5.0, w240_repeats=1, quality_queries=2, systems=["inprocess", "original", "service"]),
+                  peaks_s=0.1, peaks_n=512, gateway_s=1, gateway_wc=[1], scaling=[1, 2], scaling_s=0.5,
+                  scaling_delay=2.0, w240_repeats=1, quality_queries=2, systems=["inprocess", "original", "service"]),
     "quick": dict(arch="mxbai-base", workloads={"W30": [1, 8]}, base=3, mult=1.5, max_point_s=240, inproc_n=3,
                   peaks_s=2.0, peaks_n=2048, gateway_s=8, gateway_wc=[1, 2], scaling=[1, 2, 4, 8], scaling_s=4.0,
                   scaling_delay=10.0, w240_repeats=2, quality_queries=8, systems=DEFAULT_SYSTEMS),

@@ -36,7 +36,7 @@ def comparison_table(res: dict) -> str:
             f"{'' if not row.get('errors') else ' (' + str(row['errors']) + ' err)'} | {_f(row.get('p50_ms'), '{:.0f}')} | "
             f"{_f(row.get('p90_ms'), '{:.0f}')} | {_f(row.get('p99_ms'), '{:.0f}')} | {_f(row.get('pairs_per_s'), '{:.2f}')} | "
             f"{_f(row.get('vs_reference'), '{:.2f}')} | {_cpu(row)} | {_f(row.get('machine_cpu_busy'), '{:.0%}')} | "
-            f"{_rss(row)} | {_f(row.get('gflops'), '{:.0f}')} | "
+            f"{_rss(row)} | {_f(row.get('gflops'), '{:.3g}')} | "
             f"{_f(row.get('peak_fraction'), '{:.0%}')} {row.get('peak_key', '')} |")
     notes = [f"- {s['system']}: {s.get('skipped') or s.get('error')}" for s in res.get("systems", [])
              if s.get("skipped") or s.get("error")]
