@@ -1,0 +1,486 @@
+"""The Docker images and the compose deployment.
+
+Static checks of the Dockerfiles, .dockerignore and compose files run everywhere
+(`docker compose config` where the docker CLI is installed). The end-to-end
+tests (marker `docker`) build both images and run the compose project on a real
+engine: an external bridge network made by the test, 3 stub workers scaled to 5
+and back to 1 under load, a worker killed under load, the gateway restarted, and
+the real torch backend on a tiny local model. They skip only where `docker info`
+fails; CI runs ../shared/docker-lab/up first, so they run there.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from shared.settings import options
+from tests.docker_helpers import ROOT, Stack, docker, docker_unavailable, wait_for
+
+yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the compose files")
+
+COMPOSE = ROOT / "docker-compose.yml"
+DEV = ROOT / "docker-compose.dev.yml"
+LOCAL_MODEL = ROOT / "deploy" / "compose" / "local-model.yml"
+SETTINGS_VARS = {f.metadata["env"] for f in options()}
+# Set in the images or fixed in the compose file, not knobs: clients and workers rely on them.
+FIXED = {"HOST": "0.0.0.0", "PORT": "8300", "RERANKER_WORKERS_BIND": "tcp://0.0.0.0:5555",
+         "RERANKER_BROKER_URL": "tcp://gateway:5555"}
+INTERNAL = {"RERANKER_FRONTEND", "RERANKER_HEALTH_FILE"}  # per container, defaults are right
+WORKER_ONLY = {"NUM_THREADS", "RERANKER_MODEL", "RERANKER_BACKEND", "RERANKER_PRECISION", "RERANKER_BATCH_SIZE",
+               "RERANKER_MAX_LENGTH", "RERANKER_STUB_DELAY_MS", "RERANKER_BROKER_URL"}
+BOTH = {"RERANKER_HEARTBEAT_INTERVAL", "RERANKER_HEARTBEAT_LIVENESS", "RERANKER_MAX_MESSAGE_BYTES"}
+NOT_SETTINGS = {"HF_HUB_OFFLINE"}  # passed to the Hugging Face libraries, not to Settings
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+# -- Dockerfiles ---------------------------------------------------------------
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
+    lines, current = [], ""
+    for raw in path.read_text().splitlines():
+        if raw.strip().startswith("#") and not current:
+            continue
+        if raw.rstrip().endswith("\\"):
+            current += raw.rstrip()[:-1] + " "
+            continue
+        current += raw
+        if current.strip():
+            word, _, rest = current.strip().partition(" ")
+            lines.append((word.upper(), rest.strip()))
+        current = ""
+    return lines
+
+
+def final_stage(ins: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    last_from = max(i for i, (word, _) in enumerate(ins) if word == "FROM")
+    return ins[last_from:]
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.gateway", "Dockerfile.worker"])
+def test_dockerfile_base_args_user_healthcheck(name):
+    ins = instructions(ROOT / name)
+    assert ins[0] == ("ARG", "BASE_IMAGE=python:3.11-slim"), "BASE_IMAGE must be declared before the first FROM"
+    final = final_stage(ins)
+    assert final[0] == ("FROM", "${BASE_IMAGE}")
+    args = {rest.split("=")[0]: rest.partition("=")[2] for word, rest in final if word == "ARG"}
+    assert args.get("PIP_INDEX_URL") == "https://pypi.org/simple"
+    users = [rest for word, rest in final if word == "USER"]
+    assert users and users[-1] not in ("root", "0"), "the image must run as a non-root user"
+    assert sum(word == "HEALTHCHECK" for word, _ in final) == 1
+    assert [word for word, _ in final].count("CMD") == 1
+
+
+def test_worker_dockerfile_installs_cpu_torch_before_deps_and_code():
+    final = final_stage(instructions(ROOT / "Dockerfile.worker"))
+    args = {rest.split("=")[0]: rest.partition("=")[2] for word, rest in final if word == "ARG"}
+    assert args.get("TORCH_INDEX_URL") == "https://download.pytorch.org/whl/cpu"
+    runs = [i for i, (word, _) in enumerate(final) if word == "RUN"]
+    copies = [i for i, (word, _) in enumerate(final) if word in ("COPY", "ADD")]
+    torch_run = [i for i in runs if '--index-url "${TORCH_INDEX_URL}"' in final[i][1] and "torch==" in final[i][1]]
+    deps_run = [i for i in runs if "pyproject.toml" in final[i][1]]
+    assert torch_run and deps_run, "torch, then the dependencies from pyproject.toml, each in a RUN"
+    # Code is copied last, so a code change rebuilds neither torch nor the dependencies.
+    assert torch_run[0] < deps_run[0] < min(copies)
+    assert all("--mount=type=bind,source=pyproject.toml" in final[i][1] for i in deps_run)
+    assert "HF_HOME=/cache/huggingface" in " ".join(rest for word, rest in final if word == "ENV")
+    healthcheck = next(rest for word, rest in final if word == "HEALTHCHECK")
+    assert "worker.health" in healthcheck
+    # vfs copies the whole file system for each layer: at most 2 file-system layers after torch.
+    assert len([i for i in runs + copies if i > torch_run[0]]) <= 2
+
+
+def test_gateway_dockerfile_has_no_model_libraries():
+    final = final_stage(instructions(ROOT / "Dockerfile.gateway"))
+    text = " ".join(rest for _, rest in final).lower()
+    for lib in ("torch", "sentence-transformers", "sentence_transformers", "transformers", "optional-dependencies"):
+        assert lib not in text, f"{lib} does not belong in the gateway image"
+    runs = [i for i, (word, _) in enumerate(final) if word == "RUN"]
+    copies = [i for i, (word, _) in enumerate(final) if word in ("COPY", "ADD")]
+    assert max(runs) < min(copies), "dependencies are installed before the code is copied"
+    assert "8300/health" in next(rest for word, rest in final if word == "HEALTHCHECK").replace("%s", "8300")
+
+
+def copied_packages(name: str) -> set[str]:
+    """Top-level packages that a Dockerfile copies into /app."""
+    return {m.group(1) for m in re.finditer(r"^COPY (\w+)/ /app/\1/", (ROOT / name).read_text(), re.M)}
+
+
+def local_imports(package: str) -> set[str]:
+    found = set()
+    for path in (ROOT / package).glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+            elif isinstance(node, ast.Import):
+                found.update(a.name.split(".")[0] for a in node.names)
+    return found & {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+
+
+@pytest.mark.parametrize("name, entry", [("Dockerfile.gateway", "gateway"), ("Dockerfile.worker", "worker")])
+def test_images_copy_every_package_their_code_imports(name, entry):
+    copied = copied_packages(name)
+    assert entry in copied
+    needed, todo = set(), [entry]
+    while todo:
+        pkg = todo.pop()
+        if pkg not in needed:
+            needed.add(pkg)
+            todo.extend(local_imports(pkg))
+    assert needed <= copied, f"{name} lacks {needed - copied}"
+    if entry == "gateway":
+        assert "worker" not in copied
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Docker's .dockerignore rule: the last matching pattern wins; a match on a parent matches."""
+    def regex(pattern: str) -> re.Pattern:
+        out, i = "", 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                out, i = out + "(?:.*/)?", i + 3
+            elif pattern.startswith("**", i):
+                out, i = out + ".*", i + 2
+            elif pattern[i] == "*":
+                out, i = out + "[^/]*", i + 1
+            elif pattern[i] == "?":
+                out, i = out + "[^/]", i + 1
+            elif pattern[i] == "[":
+                j = pattern.index("]", i)
+                out, i = out + pattern[i:j + 1], j + 1
+            else:
+                out, i = out + re.escape(pattern[i]), i + 1
+        return re.compile(out + r"\Z")
+
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        rx = regex(pattern.lstrip("!").strip("/"))
+        if any(rx.match(p) for p in prefixes):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerignore_sends_only_what_the_images_need():
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.strip().startswith("#")]
+    for path in ("pyproject.toml", "shared/settings.py", "gateway/app.py", "worker/loop.py"):
+        assert not dockerignored(path, patterns), path
+    for path in (".venv/bin/python", ".git/HEAD", "tests/test_compose.py", "README.md", ".env",
+                 "benchmarks/.models/tiny/model.safetensors", "worker/__pycache__/loop.cpython-311.pyc",
+                 "docs/deployment.md", "docker-compose.yml", "Dockerfile.worker", "deploy/k8s/worker.yaml"):
+        assert dockerignored(path, patterns), path
+    # Every file the images copy is in the context.
+    for name in ("Dockerfile.gateway", "Dockerfile.worker"):
+        for pkg in copied_packages(name):
+            for f in (ROOT / pkg).glob("*.py"):
+                assert not dockerignored(f"{pkg}/{f.name}", patterns)
+
+
+# -- compose files ---------------------------------------------------------------
+
+def test_compose_services_networks_and_no_published_ports():
+    c = load(COMPOSE)
+    assert set(c["services"]) == {"gateway", "worker"}
+    for name, svc in c["services"].items():
+        assert "ports" not in svc, f"{name} must not publish ports"
+        assert svc["build"]["network"] == "${BUILD_NETWORK:-default}"
+        assert {"BASE_IMAGE", "PIP_INDEX_URL"} <= set(svc["build"]["args"])
+        assert svc["image"].endswith(":${RERANKER_IMAGE_TAG:-latest}"), "tagged, so that rebuilds replace them"
+    assert "TORCH_INDEX_URL" in c["services"]["worker"]["build"]["args"]
+    assert c["services"]["gateway"]["build"]["dockerfile"] == "Dockerfile.gateway"
+    assert c["services"]["worker"]["build"]["dockerfile"] == "Dockerfile.worker"
+    # The gateway is on the backend's external network as cross_encoder.
+    shared = [k for k, n in c["networks"].items() if n.get("external")]
+    assert len(shared) == 1
+    assert c["networks"][shared[0]]["name"] == "${RERANKER_NETWORK:-wdoi_internal}"
+    gw_nets = c["services"]["gateway"]["networks"]
+    assert "cross_encoder" in gw_nets[shared[0]]["aliases"]
+    # Workers reach the broker by service name, on the private network, not the shared one.
+    worker = c["services"]["worker"]
+    assert worker["environment"]["RERANKER_BROKER_URL"] == "tcp://gateway:5555"
+    assert shared[0] not in worker["networks"]
+    assert set(worker["networks"]) <= set(gw_nets)
+    assert "replicas" in worker["deploy"]
+    assert c["services"]["gateway"]["deploy"]["replicas"] == 1
+    # One model cache for every replica, where the image points HF_HOME.
+    hf_home = re.search(r"HF_HOME=(\S+)", (ROOT / "Dockerfile.worker").read_text()).group(1)
+    volume = [v for v in worker["volumes"] if v.split(":")[1] == hf_home]
+    assert volume and volume[0].split(":")[0] in c["volumes"]
+    assert "worker.health" in " ".join(worker["healthcheck"]["test"])
+
+
+def test_compose_has_a_knob_for_every_setting():
+    c = load(COMPOSE)
+    envs = {name: svc["environment"] for name, svc in c["services"].items()}
+    known = SETTINGS_VARS | NOT_SETTINGS
+    for name, env in envs.items():
+        assert set(env) <= known, f"{name}: unknown variables {set(env) - known}"
+    for var in SETTINGS_VARS - INTERNAL:
+        holders = {name for name, env in envs.items() if var in env}
+        assert holders, f"{var} has no knob in docker-compose.yml"
+        if var in BOTH:
+            assert holders == {"gateway", "worker"}, var
+        elif var in WORKER_ONLY:
+            assert holders == {"worker"}, var
+        else:
+            assert holders == {"gateway"}, var
+        for name in holders:
+            value = str(envs[name][var])
+            if var in FIXED:
+                assert value == FIXED[var], var
+            else:  # from the environment or .env
+                assert value.startswith("${" + var + ":-"), f"{name}.{var}={value}"
+
+
+def test_dev_override_creates_network_and_publishes_on_loopback_only():
+    dev = load(DEV)
+    base = load(COMPOSE)
+    shared = next(k for k, n in base["networks"].items() if n.get("external"))
+    assert dev["networks"][shared]["external"] is False
+    assert dev["networks"][shared]["name"] == base["networks"][shared]["name"]
+    ports = dev["services"]["gateway"]["ports"]
+    assert ports and all(str(p).startswith("127.0.0.1:") and str(p).endswith(":8300") for p in ports)
+
+
+def test_local_model_override_bind_mounts_read_only():
+    override = load(LOCAL_MODEL)
+    worker = override["services"]["worker"]
+    (mount,) = worker["volumes"]
+    assert mount["type"] == "bind" and mount["read_only"] is True
+    assert mount["source"].startswith("${RERANKER_MODEL_DIR:?")
+    assert worker["environment"]["RERANKER_MODEL"] == mount["target"]
+
+
+def compose_config(*files: Path, project_dir: Path, env: dict | None = None) -> dict:
+    if shutil.which("docker") is None or subprocess.run(["docker", "compose", "version"],
+                                                        capture_output=True).returncode != 0:
+        pytest.skip("the docker CLI with the compose plugin is not installed")
+    cmd = ["docker", "compose", "--project-directory", str(project_dir), "-p", "configcheck"]
+    for f in files:
+        cmd += ["-f", str(f)]
+    base_env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "DOCKER_CONFIG")}
+    proc = subprocess.run(cmd + ["config", "--format", "json"], capture_output=True, text=True, timeout=60,
+                          env={**base_env, **(env or {})})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_compose_config_defaults_and_dotenv(tmp_path):
+    """The files are valid for Compose v2, defaults work, and .env is honoured."""
+    plain = compose_config(COMPOSE, project_dir=tmp_path)
+    assert plain["networks"]["backend"]["name"] == "wdoi_internal"
+    worker = plain["services"]["worker"]
+    assert worker["environment"]["NUM_THREADS"] == "2"
+    assert worker["deploy"]["replicas"] == 2
+    assert plain["services"]["gateway"]["environment"]["WEB_CONCURRENCY"] == "1"
+
+    (tmp_path / ".env").write_text("NUM_THREADS=3\nWORKER_REPLICAS=4\nRERANKER_BACKEND=stub\n"
+                                   "RERANKER_NETWORK=other_net\nRERANKER_MAX_SENTENCES=99\n")
+    c = compose_config(COMPOSE, project_dir=tmp_path, env={"RERANKER_MAX_SENTENCES": "77"})
+    worker = c["services"]["worker"]
+    assert worker["environment"]["NUM_THREADS"] == "3"
+    assert worker["environment"]["RERANKER_BACKEND"] == "stub"
+    assert worker["deploy"]["replicas"] == 4
+    assert c["networks"]["backend"]["name"] == "other_net"
+    assert c["services"]["gateway"]["environment"]["RERANKER_MAX_SENTENCES"] == "77"  # the shell wins
+
+
+def test_compose_config_dev_and_local_model(tmp_path):
+    dev = compose_config(COMPOSE, DEV, project_dir=tmp_path)
+    assert not dev["networks"]["backend"].get("external")
+    (port,) = dev["services"]["gateway"]["ports"]
+    assert (port["host_ip"], str(port["published"]), port["target"]) == ("127.0.0.1", "8300", 8300)
+    model = compose_config(COMPOSE, LOCAL_MODEL, project_dir=tmp_path, env={"RERANKER_MODEL_DIR": str(tmp_path)})
+    worker = model["services"]["worker"]
+    bind = [v for v in worker["volumes"] if v["type"] == "bind"]
+    assert bind[0]["source"] == str(tmp_path) and worker["environment"]["RERANKER_MODEL"] == bind[0]["target"]
+
+
+# -- end to end, on a real engine ------------------------------------------------
+
+STUB_ENV = {
+    "RERANKER_BACKEND": "stub",
+    "RERANKER_STUB_DELAY_MS": "15",
+    "NUM_THREADS": "1",
+    "WORKER_CPUS": "1",
+    "WORKER_MEMORY": "1g",
+    "WORKER_REPLICAS": "3",  # deploy.replicas, honoured by `up`
+    "RERANKER_HEARTBEAT_INTERVAL": "0.5",
+    "RERANKER_HEARTBEAT_LIVENESS": "3",
+    "RERANKER_NO_WORKER_GRACE": "5",
+    "RERANKER_REQUEST_TIMEOUT": "60",
+    "RERANKER_MAX_BATCH_PAIRS": "8",
+    "RERANKER_MIN_SPLIT_PAIRS": "2",  # requests of a few pairs still spread over the replicas
+    "HEALTHCHECK_INTERVAL": "2s",
+    "RERANKER_IMAGE_TAG": "test",
+}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    reason = docker_unavailable()
+    if reason:
+        pytest.skip(reason)
+    run_id = f"rrk{uuid.uuid4().hex[:8]}"
+    network = f"{run_id}_wdoi_internal"
+    env_file = tmp_path_factory.mktemp("compose") / "test.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in {**STUB_ENV, "RERANKER_NETWORK": network}.items()))
+    client_image = os.environ.get("DOCKER_LAB_BASE_IMAGE") or "python:3.11-slim"
+    s = Stack(run_id, network, env_file, client_image)
+    try:
+        s.timed("build", lambda: s.compose("build", timeout=1800))
+        for title in ("reranker-gateway", "reranker-worker"):  # what rebuilds left behind, only ours
+            docker("image", "prune", "-f", "--filter", f"label=org.opencontainers.image.title={title}",
+                   check=False)
+        docker("network", "create", "--label", f"reranker-test={run_id}", network)
+        s.timed("client", s.start_client)
+        s.timed("up", lambda: s.compose("up", "-d"))
+        yield s
+    finally:
+        s.timed("down", s.destroy)
+        print(f"\ndocker test timings (s): {s.timings}")
+
+
+def worker_hosts(s: Stack) -> set[str]:
+    return s.hostnames("worker")
+
+
+@pytest.mark.docker
+def test_three_replicas_ready_healthy_and_each_serves(stack):
+    hosts = worker_hosts(stack)
+    assert len(hosts) == 3, "WORKER_REPLICAS=3 (deploy.replicas) gives 3 containers"
+    before = stack.timed("ready3", lambda: stack.wait_workers(3, timeout=180, hosts=hosts))
+    assert all(w["jobs"] == 0 for w in before["pool"])
+    summary = stack.load(requests=60, concurrency=6, sentences=6)
+    assert summary["failed"] == 0 and summary["ok"] == 60, summary
+    pool = stack.ready()["pool"]
+    assert {w["host"] for w in pool} == hosts
+    assert all(w["jobs"] > 0 for w in pool), f"every replica must serve: {pool}"
+    assert sum(w["pairs"] for w in pool) >= 60 * 6
+    # The healthcheck passes for connected workers.
+    wait_for(lambda: all(stack.inspect(c)["State"]["Health"]["Status"] == "healthy"
+                         for c in stack.containers("worker") + stack.containers("gateway")),
+             60, "healthy containers", interval=1, diagnose=stack.diagnose)
+
+
+@pytest.mark.docker
+def test_worker_killed_under_load_loses_no_request(stack):
+    stack.compose("up", "-d", "--scale", "worker=3")
+    stack.wait_workers(3)
+    with stack.background_load(concurrency=4) as load:
+        time.sleep(3)
+        victim = random.choice(stack.containers("worker"))
+        docker("kill", victim)
+        time.sleep(6)  # the broker notices after 1.5 s and re-dispatches the lost work
+        summary = load.stop()
+    assert summary["failed"] == 0, summary
+    assert summary["ok"] > 20, summary
+    stack.wait_workers(3, timeout=60)  # the restart policy brings it back
+
+
+@pytest.mark.docker
+def test_gateway_restart_workers_reconnect_by_themselves(stack):
+    stack.wait_workers(3)
+    workers = {c: stack.inspect(c)["State"]["StartedAt"] for c in stack.containers("worker")}
+    one = next(iter(workers))
+    (gateway,) = stack.containers("gateway")
+    stack.timed("gateway_stop", lambda: docker("stop", gateway))
+    # The worker healthcheck reflects the real state: no broker, not healthy.
+    wait_for(lambda: docker("exec", one, "python", "-m", "worker.health", check=False).returncode == 1,
+             20, "worker.health to fail while the gateway is down", diagnose=stack.diagnose)
+    docker("start", gateway)
+    stack.timed("reconnect", lambda: stack.wait_workers(3, timeout=90))
+    after = {c: stack.inspect(c)["State"]["StartedAt"] for c in stack.containers("worker")}
+    assert after == workers, "the same worker containers, not restarted: they reconnected by themselves"
+    assert docker("exec", one, "python", "-m", "worker.health", check=False).returncode == 0
+    summary = stack.load(requests=30, concurrency=4)
+    assert summary["failed"] == 0 and summary["ok"] == 30, summary
+
+
+@pytest.mark.docker
+def test_scale_to_five_and_back_to_one_under_load(stack):
+    stack.wait_workers(3)
+    with stack.background_load(concurrency=4) as load:
+        time.sleep(2)
+        stack.timed("scale5", lambda: stack.compose("up", "-d", "--scale", "worker=5"))
+        hosts = worker_hosts(stack)
+        assert len(hosts) == 5
+        stack.wait_workers(5, hosts=hosts)
+        pool = wait_for(lambda: (lambda b: b if all(w["jobs"] > 0 for w in b.get("pool", [])) else None)(
+            stack.ready()), 60, "all 5 workers to serve", interval=1, diagnose=stack.diagnose)["pool"]
+        assert len(pool) == 5
+        stack.timed("scale1", lambda: stack.compose("up", "-d", "--scale", "worker=1"))
+        assert len(stack.containers("worker")) == 1
+        stack.wait_workers(1, hosts=worker_hosts(stack))
+        time.sleep(3)
+        summary = load.stop()
+    assert summary["failed"] == 0, summary
+    assert summary["ok"] > 30, summary
+    assert len(stack.containers("gateway")) == 1
+
+
+@pytest.mark.docker
+def test_torch_backend_on_tiny_local_model_matches_in_process(stack):
+    torch = pytest.importorskip("torch")
+    st = pytest.importorskip("sentence_transformers")
+    from benchmarks.models import build_model, sample_text
+
+    # Readable by the image's user (uid 10001): not pytest's 0700 tmp_path.
+    model_dir = Path(tempfile.mkdtemp(prefix=f"{stack.project}-model-"))
+    try:
+        model_dir.chmod(0o755)
+        build_model(model_dir, "tiny")
+        for p in model_dir.rglob("*"):
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        env = {"RERANKER_BACKEND": "torch", "RERANKER_MODEL_DIR": str(model_dir), "WORKER_MEMORY": "2g"}
+        files = ("docker-compose.yml", "deploy/compose/local-model.yml")
+        stack.timed("torch_up", lambda: stack.compose("up", "-d", "--scale", "worker=2", files=files, **env))
+        hosts = worker_hosts(stack)
+        assert len(hosts) == 2
+        stack.timed("torch_ready", lambda: stack.wait_workers(2, timeout=240, hosts=hosts))
+
+        rng = random.Random(7)
+        requests = []
+        for n in (3, 10, 25):
+            sentences = [sample_text(rng, rng.randint(1, 50)) for _ in range(n)]
+            requests.append({"query": sample_text(rng, 8), "sentences": sentences,
+                             "ids": [100 * n + i for i in range(n)]})
+        responses = stack.post(requests)
+
+        reference = st.CrossEncoder(str(model_dir), device="cpu")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as the workers (NUM_THREADS=1)
+        try:
+            for req, res in zip(requests, responses):
+                assert res["status"] == 200, res
+                results = json.loads(res["body"])["results"]
+                expected = reference.predict([(req["query"], s) for s in req["sentences"]],
+                                             show_progress_bar=False)
+                got = {r["id"]: r["score"] for r in results}
+                diff = max(abs(got[i] - float(e)) for i, e in zip(req["ids"], expected))
+                assert diff <= 1e-5, f"max |container - in-process| = {diff}"
+                assert [r["score"] for r in results] == sorted(got.values(), reverse=True)
+        finally:
+            torch.set_num_threads(threads)
+        pool = stack.ready()["pool"]
+        assert all(w["jobs"] > 0 for w in pool), f"both torch workers must serve: {pool}"
+    finally:
+        shutil.rmtree(model_dir, ignore_errors=True)
