@@ -303,10 +303,19 @@ def cmd_gateway(args) -> int:
     out = Path(args.out) if args.out else RESULTS / ("gateway-" + time.strftime("%Y%m%d-%H%M%S"))
     g = stub_bench.gateway_overhead(out / "logs", web_concurrencies=[int(x) for x in args.web_concurrency.split(",")],
                                     workers=args.stub_workers, connections=args.connections, seconds=args.seconds,
-                                    install_wrk=args.install_wrk)
+                                    install_wrk=args.install_wrk, profile=args.profile)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gateway.json").write_text(json.dumps(g, indent=2))
     print(report.gateway_table(g))
+    for run in g.get("runs", []):
+        for name, prof in (run.get("profile") or {}).items():
+            if isinstance(prof, dict) and prof.get("samples"):
+                print(f"\nWEB_CONCURRENCY={run['web_concurrency']} {name}: {prof['samples']} samples at 100 Hz "
+                      f"over {run['seconds']:g} s (py-spy; non-idle only)")
+                print("  self:      " + "; ".join(f"{share:.0%} {frame}" for frame, share in prof["self"][:8]))
+                print("  inclusive: " + "; ".join(f"{share:.0%} {frame}" for frame, share in prof["inclusive"]
+                                                 if share < 0.8)[:1200])
+    print(f"\nfull results: {out / 'gateway.json'}")
     return 0
 
 
@@ -371,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     gw.add_argument("--connections", type=int, default=32)
     gw.add_argument("--seconds", type=float, default=15)
     gw.add_argument("--install-wrk", action="store_true")
+    gw.add_argument("--profile", action="store_true",
+                    help="also profile gateway, broker and workers with py-spy during a second run")
     gw.add_argument("--out")
     gw.set_defaults(fn=cmd_gateway)
 

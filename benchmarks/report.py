@@ -141,6 +141,8 @@ def plot(res: dict, path: Path) -> str | None:
         for name in systems:
             pts = sorted((r for r in rows if r["workload"] == w and r["system"] == name), key=lambda r: r["concurrency"])
             c = [p["concurrency"] for p in pts]
+            if name == "inprocess":  # serial: its throughput is the same at any concurrency
+                axes[1][col].axhline(pts[0]["pairs_per_s"], color="black", linestyle=":", label="inprocess (reference)")
             style = dict(marker="o", linestyle="--" if len(c) == 1 else "-")
             line, = axes[0][col].plot(c, [p["p50_ms"] / 1000 for p in pts], label=name, **style)
             axes[0][col].fill_between(c, [p["p90_ms"] / 1000 for p in pts], [p["p99_ms"] / 1000 for p in pts],

@@ -127,8 +127,47 @@ def run_wrk(wrk: str, url: str, lua: Path, connections: int, seconds: float, thr
     return res
 
 
+def profile_summary(raw: Path, top: int = 30) -> dict:
+    """Self and inclusive shares of the hottest frames in a py-spy raw (collapsed) profile."""
+    import collections
+
+    total, own, incl = 0, collections.Counter(), collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        frames = [f.rsplit(":", 1)[0] for f in stack.split(";")]  # drop line numbers
+        total += int(n)
+        own[frames[-1]] += int(n)
+        for f in set(frames):
+            incl[f] += int(n)
+    share = lambda c: [[f, round(v / total, 3)] for f, v in c.most_common(top)] if total else []  # noqa: E731
+    return {"samples": total, "self": share(own), "inclusive": share(incl)}
+
+
+def _profilers(svc: "StubService", out: Path, seconds: float) -> list[tuple[str, subprocess.Popen, Path]]:
+    """py-spy on every gateway process but the gunicorn master (uvicorn workers, broker) and the workers."""
+    spy = shutil.which("py-spy") or str(Path(python()).with_name("py-spy"))
+    if not Path(spy).exists():
+        return []
+    from .procs import tree
+
+    procs = []
+    targets = [("gateway" if "gateway" in Path(f"/proc/{p}/cmdline").read_text(errors="replace") else "broker", p)
+               for p in tree([svc.gateway.pid]) if p != svc.gateway.pid]
+    targets += [("worker", w.pid) for w in svc.workers]
+    for role, pid in targets:
+        if "resource_tracker" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
+            continue
+        raw = out / f"profile-{role}-{pid}.txt"
+        procs.append((f"{role}-{pid}", subprocess.Popen(
+            [spy, "record", "-p", str(pid), "-d", str(max(1, int(seconds))), "-r", "100", "-f", "raw", "-o", str(raw),
+             "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), raw))
+    return procs
+
+
 def gateway_overhead(logs: Path, web_concurrencies=(1, 2), workers: int = 2, connections: int = 32,
-                     seconds: float = 10.0, install_wrk: bool = False) -> dict:
+                     seconds: float = 10.0, install_wrk: bool = False, profile: bool = False) -> dict:
     wrk = find_wrk(install_wrk)
     if wrk is None:
         return {"skipped": "wrk not found (apt-get install -y wrk, or run with --install-wrk)"}
@@ -150,6 +189,17 @@ def gateway_overhead(logs: Path, web_concurrencies=(1, 2), workers: int = 2, con
             res.update(web_concurrency=wc, stub_workers=workers, connections=connections, seconds=seconds,
                        **mon.summary())
             runs.append(res)
+            if profile:  # a second, profiled run (py-spy slows what it samples: its numbers are not the result)
+                spies = _profilers(svc, logs, seconds)
+                if not spies:
+                    res["profile"] = {"skipped": "py-spy not found (pip install py-spy)"}
+                else:
+                    profiled = run_wrk(wrk, svc.url, lua, connections, seconds)
+                    res["profile"] = {"requests_per_s_while_profiled": profiled["requests_per_s"]}
+                    for name, proc, raw in spies:
+                        proc.wait(seconds + 30)
+                        if raw.is_file():
+                            res["profile"][name] = {"raw": str(raw), **profile_summary(raw)}
         finally:
             svc.stop()
     return {"workload": "W30", "pairs": req.pairs, "runs": runs}

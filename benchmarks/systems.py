@@ -119,6 +119,9 @@ def start(spec: SystemSpec, model: Path, threads: int, logs: Path, workers: int 
             RERANKER_WORKERS_BIND=f"tcp://127.0.0.1:{wport}", RERANKER_BROKER_URL=f"tcp://127.0.0.1:{wport}",
             RERANKER_FRONTEND=f"ipc://{logs}/frontend-{port}.ipc", RERANKER_MODEL=str(model),
             RERANKER_HEALTH_FILE=str(logs / f"health-{port}.json"),
+            # The service answers 504 after RERANKER_REQUEST_TIMEOUT (60 s by default); at c32 a W30 request
+            # waits ~75 s on one fp32 worker here. The other systems have no such limit, so lift it.
+            RERANKER_REQUEST_TIMEOUT="900",
         )
         base.update(env)
         gateway = Server("gateway", [python(), "-m", "gateway"], base, logs / f"{tag}-gateway.log")
