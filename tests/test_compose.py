@@ -121,29 +121,48 @@ def copied_packages(name: str) -> set[str]:
     return {m.group(1) for m in re.finditer(r"^COPY (\w+)/ /app/\1/", (ROOT / name).read_text(), re.M)}
 
 
-def local_imports(package: str) -> set[str]:
-    found = set()
-    for path in (ROOT / package).glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                found.add(node.module.split(".")[0])
-            elif isinstance(node, ast.Import):
-                found.update(a.name.split(".")[0] for a in node.names)
-    return found & {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+def module_file(module: str) -> Path | None:
+    base = ROOT.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
-@pytest.mark.parametrize("name, entry", [("Dockerfile.gateway", "gateway"), ("Dockerfile.worker", "worker")])
-def test_images_copy_every_package_their_code_imports(name, entry):
-    copied = copied_packages(name)
-    assert entry in copied
-    needed, todo = set(), [entry]
+def reachable_packages(entry_modules: list[str]) -> set[str]:
+    """Top-level local packages of every module that the entry modules import, transitively
+    (imports inside functions included: lazily loaded backends count)."""
+    seen, todo = set(), list(entry_modules)
     while todo:
-        pkg = todo.pop()
-        if pkg not in needed:
-            needed.add(pkg)
-            todo.extend(local_imports(pkg))
+        module = todo.pop()
+        path = module_file(module) if module else None
+        if module in seen or path is None:
+            continue
+        seen.add(module)
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    parts = package.split(".")
+                    base = ".".join(parts[:len(parts) - node.level + 1])
+                    target = f"{base}.{node.module}" if node.module else base
+                else:
+                    target = node.module
+                todo.append(target)
+                todo.extend(f"{target}.{a.name}" for a in node.names)  # `from pkg import module`
+            elif isinstance(node, ast.Import):
+                todo.extend(a.name for a in node.names)
+    return {m.split(".")[0] for m in seen}
+
+
+@pytest.mark.parametrize("name, entries", [("Dockerfile.gateway", ["gateway.__main__"]),
+                                           ("Dockerfile.worker", ["worker.__main__", "worker.health"])])
+def test_images_copy_every_package_their_code_imports(name, entries):
+    copied = copied_packages(name)
+    needed = reachable_packages(entries)
+    assert entries[0].split(".")[0] in needed
     assert needed <= copied, f"{name} lacks {needed - copied}"
-    if entry == "gateway":
+    if name == "Dockerfile.gateway":
         assert "worker" not in copied
 
 
