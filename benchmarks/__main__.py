@@ -52,6 +52,13 @@ PRESETS = {
 }
 
 
+_T0 = time.monotonic()
+
+
+def say(message: str) -> None:
+    print(f"bench [{time.monotonic() - _T0:6.1f} s]: {message}", file=sys.stderr, flush=True)
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
@@ -88,7 +95,7 @@ def ensure_model(arch: str, path: str | None) -> Path:
     if path:
         return Path(path).resolve()
     target = MODELS / arch
-    print(f"bench: model {arch} at {target} (built on first use)", file=sys.stderr)
+    say(f"model {arch} at {target} (built on first use)")
     return build_model(target, arch).resolve()
 
 
@@ -128,7 +135,7 @@ def bench_system(spec: systems.SystemSpec, args, preset: dict, model: Path, logs
     ok, why = spec.available()
     sysrow = {"system": spec.name, "kind": spec.kind, "env": spec.env}
     if not ok:
-        print(f"bench: {spec.name}: {why}", file=sys.stderr)
+        say(f"{spec.name}: {why}")
         return {**sysrow, "skipped": why}, []
     rows = []
     peak_key, peak = flops.peak_for(spec.precision_env(), peaks)
@@ -145,7 +152,7 @@ def bench_system(spec: systems.SystemSpec, args, preset: dict, model: Path, logs
     if spec.kind == "inprocess":
         for workload in preset["workloads"]:
             n = preset["inproc_n"]
-            print(f"bench: {spec.name} {workload}: {n} requests in a row", file=sys.stderr)
+            say(f"{spec.name} {workload}: {n} requests in a row")
             try:
                 r = systems.run_inprocess(model, args.threads, workload, n, args.seed, logs, Monitor)
             except Exception as exc:  # noqa: BLE001 - reported, the run goes on
@@ -161,12 +168,12 @@ def bench_system(spec: systems.SystemSpec, args, preset: dict, model: Path, logs
             rows.append(finish(row, workload))
         return {**sysrow, "info": {"threads": args.threads}}, rows
 
-    print(f"bench: starting {spec.name}", file=sys.stderr)
+    say(f"starting {spec.name}")
     t0 = time.monotonic()
     try:
         running = systems.start(spec, model, args.threads, logs, workers=args.workers)
     except Exception as exc:  # noqa: BLE001 - a system that cannot start is reported, not fatal
-        print(f"bench: {spec.name} failed to start: {str(exc)[:300]}", file=sys.stderr)
+        say(f"{spec.name} failed to start: {str(exc)[:300]}")
         return {**sysrow, "error": f"failed to start: {str(exc)[:1500]}"}, []
     sysrow["start_s"] = round(time.monotonic() - t0, 1)
     sysrow["info"] = running.info
@@ -180,7 +187,7 @@ def bench_system(spec: systems.SystemSpec, args, preset: dict, model: Path, logs
                 continue
             for c in concs:
                 n = point_requests(preset, c)
-                print(f"bench: {spec.name} {workload} c={c}: {n} requests", file=sys.stderr)
+                say(f"{spec.name} {workload} c={c}: {n} requests")
                 with Monitor(running.groups()) as mon:
                     samples = loadgen.closed_loop(running.url, running.api, pool, c, n,
                                                   max_seconds=preset["max_point_s"])
@@ -253,9 +260,9 @@ def cmd_run(args) -> int:
                  "note": "Compare ratios within one run; take final numbers on a quiet machine."},
         "model": {"arch": args.arch or preset["arch"], "path": str(model)},
     }
-    print(f"bench: load average {res['meta']['loadavg_before']:.2f} at start", file=sys.stderr)
+    say(f"load average {res['meta']['loadavg_before']:.2f} at start")
     if not args.no_peaks:
-        print("bench: GEMM peaks", file=sys.stderr)
+        say("GEMM peaks")
         res["peaks"] = measure_peaks(args.threads, preset["peaks_s"], preset["peaks_n"])
     peaks = res.get("peaks") or {}
     res["workloads"] = workload_info(model, list(preset["workloads"]), args.seed)
@@ -266,14 +273,14 @@ def cmd_run(args) -> int:
         res["results"].extend(rows)
     add_reference_ratios(res)
     if not args.no_gateway:
-        print("bench: gateway overhead (stub workers, wrk)", file=sys.stderr)
+        say("gateway overhead (stub workers, wrk)")
         try:
             res["gateway_overhead"] = stub_bench.gateway_overhead(logs, web_concurrencies=preset["gateway_wc"],
                                                                   seconds=preset["gateway_s"], install_wrk=args.install_wrk)
         except Exception as exc:  # noqa: BLE001
             res["gateway_overhead"] = {"skipped": f"failed: {str(exc)[:500]}"}
     if not args.no_scaling:
-        print("bench: scaling (stub workers with a fixed cost per pair)", file=sys.stderr)
+        say("scaling (stub workers with a fixed cost per pair)")
         try:
             res["scaling"] = stub_bench.scaling(logs, counts=preset["scaling"], delay_ms=preset["scaling_delay"],
                                                 seconds=preset["scaling_s"], w240_repeats=preset["w240_repeats"])
@@ -283,7 +290,7 @@ def cmd_run(args) -> int:
         f"{s.name}:{','.join(f'{k}={v}' for k, v in s.env.items() if k.startswith('RERANKER_'))}"
         for s in specs if s.kind == "service" and any(k.startswith("RERANKER_") for k in s.env)]
     if modes or args.quality_data:
-        print(f"bench: quality of {', '.join(m.split(':')[0] for m in modes) or 'fp32'} against fp32", file=sys.stderr)
+        say(f"quality of {', '.join(m.split(':')[0] for m in modes) or 'fp32'} against fp32")
         res["quality"] = quality.run(model, modes, Path(args.quality_data) if args.quality_data else None,
                                      args.threads, preset["quality_queries"])
     res["meta"]["loadavg_after"] = loadavg()

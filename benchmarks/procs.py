@@ -104,20 +104,26 @@ class Monitor:
     alive at its end, in cores (1.0 = one core busy all the time).
     """
 
-    def __init__(self, groups: dict[str, list[int]], interval: float = 0.2) -> None:
+    def __init__(self, groups: dict[str, list[int]], interval: float = 0.5) -> None:
         self.groups = groups
         self.interval = interval
         self.peak_rss = {name: 0 for name in groups}
         self._cpu0: dict[int, float] = {}
+        self._pids: dict[str, list[int]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> None:
-        for name, roots in self.groups.items():
-            pids = tree(roots)
-            self.peak_rss[name] = max(self.peak_rss[name], sum(rss_bytes(p) for p in pids))
+    def _find(self) -> None:
+        # the trees are walked at the start and the end only: a scan of /proc costs CPU that the
+        # measured systems would miss on a small machine
+        self._pids = {name: tree(roots) for name, roots in self.groups.items()}
+        for pids in self._pids.values():
             for p in pids:
                 self._cpu0.setdefault(p, cpu_seconds(p))
+
+    def _sample(self) -> None:
+        for name, pids in self._pids.items():
+            self.peak_rss[name] = max(self.peak_rss[name], sum(rss_bytes(p) for p in pids))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -126,6 +132,7 @@ class Monitor:
     def __enter__(self) -> "Monitor":
         self._machine0 = machine_cpu()
         self._t0 = time.monotonic()
+        self._find()
         self._sample()
         self._thread.start()
         return self
@@ -133,10 +140,10 @@ class Monitor:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self._sample()
         self.seconds = time.monotonic() - self._t0
         busy, total = machine_cpu()
         self.machine_busy = (busy - self._machine0[0]) / max(1, total - self._machine0[1])
+        self._sample()
         self.cpu = {}
         for name, roots in self.groups.items():
             used = sum(cpu_seconds(p) - self._cpu0.get(p, 0.0) for p in tree(roots))
