@@ -130,73 +130,135 @@ def point_requests(preset: dict, c: int) -> int:
     return int(max(preset["base"], round(preset["mult"] * c)))
 
 
-def bench_system(spec: systems.SystemSpec, args, preset: dict, model: Path, logs: Path, winfo: dict,
-                 peaks: dict) -> tuple[dict, list[dict]]:
-    ok, why = spec.available()
+def start_system(spec: systems.SystemSpec, args, model: Path, logs: Path) -> tuple[dict, object | None]:
+    """Start one system; (its row for res["systems"], its handle or None if skipped/failed)."""
     sysrow = {"system": spec.name, "kind": spec.kind, "env": spec.env}
+    ok, why = spec.available()
     if not ok:
         say(f"{spec.name}: {why}")
-        return {**sysrow, "skipped": why}, []
-    rows = []
-    peak_key, peak = flops.peak_for(spec.precision_env(), peaks)
-
-    def finish(row: dict, workload: str) -> dict:
-        pps = row.get("pairs_per_s")
-        if pps:
-            row["gflops"] = round(pps * winfo[workload]["flop_per_pair"] / 1e9, 1)
-            if peak:
-                row["peak_fraction"] = round(row["gflops"] / peak, 3)
-                row["peak_key"] = peak_key
-        return row
-
-    if spec.kind == "inprocess":
-        for workload in preset["workloads"]:
-            n = preset["inproc_n"]
-            say(f"{spec.name} {workload}: {n} requests in a row")
-            try:
-                r = systems.run_inprocess(model, args.threads, workload, n, args.seed, logs, Monitor)
-            except Exception as exc:  # noqa: BLE001 - reported, the run goes on
-                rows.append({"system": spec.name, "workload": workload, "error": str(exc)[:500]})
-                continue
-            lat = [x * 1000 for x in r["latencies_s"]]
-            pairs = WORKLOADS[workload]
-            row = {"system": spec.name, "workload": workload, "concurrency": 1, "requests": len(lat), "errors": 0,
-                   "wall_s": round(sum(lat) / 1000, 3), "pairs_per_s": round(pairs * len(lat) / (sum(lat) / 1000), 2),
-                   "requests_per_s": round(len(lat) / (sum(lat) / 1000), 3),
-                   **{f"p{q}_ms": round(loadgen.percentile(lat, q), 1) for q in (50, 90, 99)},
-                   "mean_ms": round(sum(lat) / len(lat), 1), "load_s": r["load_s"], **r["monitor"]}
-            rows.append(finish(row, workload))
-        return {**sysrow, "info": {"threads": args.threads}}, rows
-
+        return {**sysrow, "skipped": why}, None
     say(f"starting {spec.name}")
     t0 = time.monotonic()
     try:
-        running = systems.start(spec, model, args.threads, logs, workers=args.workers)
+        if spec.kind == "inprocess":
+            handle = systems.InProcess(spec, model, args.threads, args.seed, logs)
+        else:
+            handle = systems.start(spec, model, args.threads, logs, workers=args.workers)
     except Exception as exc:  # noqa: BLE001 - a system that cannot start is reported, not fatal
         say(f"{spec.name} failed to start: {str(exc)[:300]}")
-        return {**sysrow, "error": f"failed to start: {str(exc)[:1500]}"}, []
+        return {**sysrow, "error": f"failed to start: {str(exc)[:1500]}"}, None
     sysrow["start_s"] = round(time.monotonic() - t0, 1)
-    sysrow["info"] = running.info
-    try:
-        for workload, concs in preset["workloads"].items():
-            pool = make_requests(workload, 64, args.seed)
-            try:
-                loadgen.send_one(running.url, running.api, make_requests(workload, 1, args.seed + 1000)[0])  # warm-up
-            except Exception as exc:  # noqa: BLE001
-                rows.append({"system": spec.name, "workload": workload, "error": f"warm-up failed: {exc}"[:500]})
+    sysrow["info"] = handle.info
+    return sysrow, handle
+
+
+def _merge_monitors(parts: list[dict]) -> dict:
+    total = sum(m["window_s"] for m in parts) or 1.0
+    groups = parts[0]["cpu_cores"].keys()
+    return {"window_s": round(total, 3),
+            "cpu_cores": {g: round(sum(m["cpu_cores"][g] * m["window_s"] for m in parts) / total, 3) for g in groups},
+            "machine_cpu_busy": round(sum(m["machine_cpu_busy"] * m["window_s"] for m in parts) / total, 3),
+            "rss_mb": {g: max(m["rss_mb"][g] for m in parts) for g in parts[0]["rss_mb"]}}
+
+
+def _serial_row(name: str, workload: str, latencies_s: list[float], monitor: dict, how: str) -> dict:
+    """A c=1 row from requests sent one at a time: throughput is pairs over the summed latencies."""
+    lat = [x * 1000 for x in latencies_s]
+    busy = sum(latencies_s)
+    return {"system": name, "workload": workload, "concurrency": 1, "requests": len(lat), "errors": 0,
+            "wall_s": round(busy, 3), "pairs_per_s": round(WORKLOADS[workload] * len(lat) / busy, 2),
+            "requests_per_s": round(len(lat) / busy, 3),
+            **{f"p{q}_ms": round(loadgen.percentile(lat, q), 1) for q in (50, 90, 99)},
+            "mean_ms": round(sum(lat) / len(lat), 1), "method": how, **monitor}
+
+
+def measure(handles: list, args, preset: dict, winfo: dict, peaks: dict, interleave: bool) -> list[dict]:
+    """Every point of every handle. With `interleave`, c=1 points go round-robin, one request per system in
+    turn, so that a machine whose load drifts treats them alike; other points run one system at a time."""
+    rows: list[dict] = []
+
+    def finish(h, row: dict) -> dict:
+        peak_key, peak = flops.peak_for(h.spec.precision_env(), peaks)
+        pps = row.get("pairs_per_s")
+        if pps:
+            row["gflops"] = round(pps * winfo[row["workload"]]["flop_per_pair"] / 1e9, 3)
+            if peak:
+                row["peak_fraction"] = round(row["gflops"] / peak, 3)
+                row["peak_key"] = peak_key
+        rows.append(row)
+        return row
+
+    for workload, concs in preset["workloads"].items():
+        pool = make_requests(workload, 64, args.seed)
+        live = []
+        for h in handles:
+            if h.api == "inprocess":
+                live.append(h)
                 continue
-            for c in concs:
-                n = point_requests(preset, c)
-                say(f"{spec.name} {workload} c={c}: {n} requests")
-                with Monitor(running.groups()) as mon:
-                    samples = loadgen.closed_loop(running.url, running.api, pool, c, n,
-                                                  max_seconds=preset["max_point_s"])
-                row = {"system": spec.name, "workload": workload, "concurrency": c, **loadgen.summarize(samples),
-                       **mon.summary()}
-                rows.append(finish(row, workload))
-    finally:
-        running.stop()
-    return sysrow, rows
+            try:
+                loadgen.send_one(h.url, h.api, make_requests(workload, 1, args.seed + 1000)[0])  # warm-up
+                live.append(h)
+            except Exception as exc:  # noqa: BLE001
+                rows.append({"system": h.spec.name, "workload": workload, "error": f"warm-up failed: {exc}"[:500]})
+        for c in concs:
+            n = preset["inproc_n"] if c == 1 else point_requests(preset, c)
+            if c == 1 and interleave:
+                say(f"{workload} c=1: {n} rounds of one request per system ({', '.join(h.spec.name for h in live)})")
+                lat: dict = {h: [] for h in live}
+                mons: dict = {h: [] for h in live}
+                for i in range(n):
+                    for h in live:
+                        with Monitor(h.groups()) as mon:
+                            if h.api == "inprocess":
+                                lat[h] += h.run(workload, i, 1)
+                            else:
+                                lat[h].append(loadgen.send_one(h.url, h.api, pool[i]))
+                        mons[h].append(mon.summary())
+                for h in live:
+                    finish(h, _serial_row(h.spec.name, workload, lat[h], _merge_monitors(mons[h]), "interleaved"))
+                continue
+            for h in live:
+                if h.api == "inprocess":
+                    if c != 1:
+                        continue  # serial by design: its throughput is the same at any concurrency
+                    say(f"{h.spec.name} {workload}: {n} requests in a row")
+                    with Monitor(h.groups()) as mon:
+                        latencies = h.run(workload, 0, n)
+                    finish(h, _serial_row(h.spec.name, workload, latencies, mon.summary(), "serial"))
+                    continue
+                say(f"{h.spec.name} {workload} c={c}: {n} requests")
+                with Monitor(h.groups()) as mon:
+                    samples = loadgen.closed_loop(h.url, h.api, pool, c, n, max_seconds=preset["max_point_s"])
+                finish(h, {"system": h.spec.name, "workload": workload, "concurrency": c,
+                           **loadgen.summarize(samples), "method": "closed loop", **mon.summary()})
+    return rows
+
+
+def bench_systems(specs: list[systems.SystemSpec], args, preset: dict, model: Path, logs: Path, winfo: dict,
+                  peaks: dict) -> tuple[list[dict], list[dict]]:
+    sysrows, rows = [], []
+    if args.interleave:  # all systems up at once (memory: ~1.2 GB each, infinity-onnx ~6 GB)
+        handles = []
+        try:
+            for spec in specs:
+                sysrow, h = start_system(spec, args, model, logs)
+                sysrows.append(sysrow)
+                if h is not None:
+                    handles.append(h)
+            rows = measure(handles, args, preset, winfo, peaks, interleave=True)
+        finally:
+            for h in handles:
+                h.stop()
+        return sysrows, rows
+    for spec in specs:  # one system at a time
+        sysrow, h = start_system(spec, args, model, logs)
+        sysrows.append(sysrow)
+        if h is not None:
+            try:
+                rows += measure([h], args, preset, winfo, peaks, interleave=False)
+            finally:
+                h.stop()
+    return sysrows, rows
 
 
 def compute_targets(res: dict) -> list[dict]:
@@ -266,11 +328,7 @@ def cmd_run(args) -> int:
         res["peaks"] = measure_peaks(args.threads, preset["peaks_s"], preset["peaks_n"])
     peaks = res.get("peaks") or {}
     res["workloads"] = workload_info(model, list(preset["workloads"]), args.seed)
-    res["systems"], res["results"] = [], []
-    for spec in specs:
-        sysrow, rows = bench_system(spec, args, preset, model, logs, res["workloads"], peaks)
-        res["systems"].append(sysrow)
-        res["results"].extend(rows)
+    res["systems"], res["results"] = bench_systems(specs, args, preset, model, logs, res["workloads"], peaks)
     add_reference_ratios(res)
     if not args.no_gateway:
         say("gateway overhead (stub workers, wrk)")
@@ -372,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--arch", choices=["mxbai-base", "tiny"], help="model to build (default by preset)")
     run.add_argument("--model", help="use this model directory instead of building one")
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--interleave", action="store_true",
+                     help="keep every system up and send the c=1 requests round-robin (fairer on a busy machine; "
+                          "needs memory for all systems at once)")
     run.add_argument("--out", help="output directory (default benchmarks/results/<time>)")
     run.add_argument("--no-peaks", action="store_true")
     run.add_argument("--no-gateway", action="store_true")

@@ -151,6 +151,7 @@ class Monitor:
 
     def summary(self) -> dict:
         return {
+            "window_s": round(self.seconds, 3),
             "cpu_cores": {k: round(v, 3) for k, v in self.cpu.items()},
             "machine_cpu_busy": round(self.machine_busy, 3),
             "rss_mb": {k: round(v / 2**20, 1) for k, v in self.peak_rss.items()},

@@ -15,9 +15,7 @@ variables go to the workers (and the gateway); WORKERS=n sets how many workers s
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,30 +181,44 @@ def start(spec: SystemSpec, model: Path, threads: int, logs: Path, workers: int 
     raise ValueError(f"cannot start {spec.kind!r} as a server")
 
 
-def run_inprocess(model: Path, threads: int, workload: str, n: int, seed: int, logs: Path, monitor_cls) -> dict:
-    """The reference: n requests in a row in a fresh process; latencies and the process's CPU/RSS."""
-    env = clean_env(NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    logs.mkdir(parents=True, exist_ok=True)
-    err = open(logs / f"inprocess-{workload}.log", "ab")
-    proc = subprocess.Popen([python(), "-m", "benchmarks.inprocess", str(model), "--threads", str(threads),
-                             "--workload", workload, "--requests", str(n), "--seed", str(seed)],
-                            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
-    try:
-        line = proc.stdout.readline()
+class InProcess:
+    """The reference as a long-lived process (benchmarks/inprocess.py) that runs requests on demand."""
+
+    api = "inprocess"
+    url = None
+
+    def __init__(self, spec: SystemSpec, model: Path, threads: int, seed: int, logs: Path, timeout: float = 600) -> None:
+        self.spec = spec
+        env = clean_env(NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        logs.mkdir(parents=True, exist_ok=True)
+        self._err = open(logs / "inprocess.log", "ab")
+        self.proc = subprocess.Popen([python(), "-m", "benchmarks.inprocess", str(model), "--threads", str(threads),
+                                      "--seed", str(seed)], cwd=ROOT, env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._err, text=True)
+        line = self.proc.stdout.readline()
         if not line:
-            proc.wait(10)
-            raise RuntimeError(f"inprocess reference exited with {proc.returncode}; see {err.name}")
-        json.loads(line)
-        t0 = time.perf_counter()
-        with monitor_cls({"process": [proc.pid]}) as mon:
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-            result = json.loads(proc.stdout.readline())
-        wall = time.perf_counter() - t0
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        err.close()
-    return {"latencies_s": result["latencies_s"], "wall_s": wall, "load_s": result["load_s"],
-            "monitor": mon.summary()}
+            self.stop()
+            raise RuntimeError(f"the in-process reference exited with {self.proc.returncode}; see {self._err.name}")
+        self.info = json.loads(line)
+
+    def groups(self) -> dict[str, list[int]]:
+        return {"process": [self.proc.pid]}
+
+    def run(self, workload: str, start: int, count: int) -> list[float]:
+        """Latencies in seconds of requests start..start+count-1 of the workload's pool."""
+        self.proc.stdin.write(f"{workload} {start} {count}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the in-process reference died; see {self._err.name}")
+        return json.loads(line)["latencies_s"]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait(5)
+        self._err.close()
