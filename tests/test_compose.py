@@ -336,6 +336,21 @@ def test_compose_config_dev_and_local_model(tmp_path):
     assert bind[0]["source"] == str(tmp_path) and worker["environment"]["RERANKER_MODEL"] == bind[0]["target"]
 
 
+def test_compose_config_workers_on_other_hosts(tmp_path):
+    exposed = compose_config(COMPOSE, ROOT / "deploy/compose/expose-broker.yml", project_dir=tmp_path,
+                             env={"BROKER_PUBLISH": "10.0.0.5:5555"})
+    (port,) = exposed["services"]["gateway"]["ports"]
+    assert (port["host_ip"], str(port["published"]), port["target"]) == ("10.0.0.5", "5555", 5555)
+    remote = compose_config(COMPOSE, ROOT / "deploy/compose/remote-workers.yml", project_dir=tmp_path,
+                            env={"RERANKER_BROKER_ADDR": "10.0.0.5:5555"})
+    assert remote["services"]["worker"]["environment"]["RERANKER_BROKER_URL"] == "tcp://10.0.0.5:5555"
+    # Without an address given, the override refuses rather than publishing on every interface.
+    proc = subprocess.run(["docker", "compose", "--project-directory", str(tmp_path), "-f", str(COMPOSE), "-f",
+                           str(ROOT / "deploy/compose/expose-broker.yml"), "config", "-q"],
+                          capture_output=True, text=True, env={"PATH": os.environ["PATH"]}, timeout=60)
+    assert proc.returncode != 0 and "BROKER_PUBLISH" in proc.stderr
+
+
 # -- end to end, on a real engine ------------------------------------------------
 
 STUB_ENV = {
