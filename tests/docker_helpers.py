@@ -190,9 +190,18 @@ class Stack:
 
     # -- cleanup -------------------------------------------------------------
     def destroy(self) -> None:
-        docker("rm", "-f", self.client, check=False, timeout=300)
-        self.compose("down", "-v", "--remove-orphans", "-t", "10", check=False, timeout=900)
-        docker("network", "rm", self.network, check=False, timeout=120)
+        """Remove everything the test made; report (not raise) what could not be removed."""
+        steps = [lambda: docker("rm", "-f", self.client, check=False, timeout=300),
+                 lambda: self.compose("down", "-v", "--remove-orphans", "-t", "10", check=False, timeout=900),
+                 lambda: docker("network", "rm", self.network, check=False, timeout=120)]
+        for step in steps:
+            try:
+                proc = step()
+            except subprocess.TimeoutExpired as exc:
+                print(f"cleanup timed out: {exc}")
+                continue
+            if proc.returncode != 0 and "No such" not in proc.stderr:
+                print(f"cleanup: {' '.join(proc.args[:6])} failed: {proc.stderr[-500:]}")
 
 
 class Load:
