@@ -122,7 +122,7 @@ class Broker:
             s.job_failed(identity, msg.args[0], msg.args[1].decode("utf-8", "replace"), now)
         elif msg.kind == p.DISCONNECT:
             log.info("worker %s left", identity.hex())
-            s.worker_gone(identity, now)
+            s.worker_gone(identity, now, graceful=True)
         elif msg.kind != p.HEARTBEAT:
             log.warning("unexpected %s from worker %s", msg.name, identity.hex())
 

@@ -159,7 +159,9 @@ class Scheduler:
         worker.expiry = now + self.heartbeat_expiry
         return True
 
-    def worker_gone(self, identity: bytes, now: float) -> None:
+    def worker_gone(self, identity: bytes, now: float, graceful: bool = False) -> None:
+        """A worker died (purged, unroutable) or left (`graceful`: it said DISCONNECT when idle,
+        so a job just sent to it never started and does not count against the retries)."""
         worker = self.workers.pop(identity, None)
         if worker is None:
             return
@@ -167,7 +169,7 @@ class Scheduler:
         if not self.workers:
             self.no_workers_since = now
         if worker.job is not None:
-            self._requeue(self.jobs.pop(worker.job.id), now)
+            self._requeue(self.jobs.pop(worker.job.id), count=not graceful)
         self.dispatch(now)
 
     def job_done(self, identity: bytes, job_id: bytes, scores: np.ndarray, now: float) -> None:
@@ -290,11 +292,11 @@ class Scheduler:
         self.idle[identity] = None
         return job
 
-    def _requeue(self, job: Job, now: float) -> None:
+    def _requeue(self, job: Job, count: bool = True) -> None:
         for piece in reversed(job.pieces):
             if piece.request.done:
                 continue
-            piece.attempts += 1
+            piece.attempts += count
             if piece.attempts > self.max_retries:
                 self._close(piece.request)
                 self.stats["failed"] += 1

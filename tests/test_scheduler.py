@@ -218,3 +218,17 @@ def test_status_reports_the_pool():
     s.job_done(b"w", job.job_id, scores_for(job), now=1)
     assert s.status()["pool"][0] == {"host": "h", "pid": 7, "busy": False, "jobs": 1, "pairs": 2}
     assert s.status()["workers"] == 1 and s.status()["idle"] == 1
+
+
+def test_a_worker_leaving_gracefully_does_not_use_up_retries():
+    s = make(max_retries=0)
+    s.submit(b"c", b"r", "q", sents(1), now=0)
+    for i in range(3):  # scale-down: each worker is handed the job as it says DISCONNECT
+        s.worker_ready(b"w%d" % i, {}, now=i)
+        s.drain()
+        s.worker_gone(b"w%d" % i, now=i, graceful=True)
+    assert s.drain() == [] and s.status()["queued"] == 1
+    s.worker_ready(b"last", {}, now=5)
+    (job,) = s.drain()
+    s.job_done(b"last", job.job_id, scores_for(job), now=6)
+    assert isinstance(s.drain()[0], Reply)

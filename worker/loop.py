@@ -5,8 +5,8 @@ heartbeats every interval and results when they are ready. Scoring runs in a
 second thread, so heartbeats go on during long jobs; that thread hands its
 result back over an inproc PAIR socket, which wakes the main thread's poll.
 If the broker is silent for `liveness` intervals, or tells us to DISCONNECT,
-the worker makes a new socket and announces itself again, backing off from
-1 s to 32 s while the broker stays away.
+the worker makes a new socket and announces itself again; while the broker
+stays away, it waits longer between tries, from 1 s to 32 s.
 """
 
 from __future__ import annotations
@@ -89,15 +89,17 @@ class Worker:
             if liveness <= 0 or reconnect:
                 if self.busy_job is not None:
                     continue  # finish first: a new broker would hand us work while we score
-                if liveness <= 0:
-                    log.warning("broker silent for %d heartbeats; reconnecting in %.0f s", liveness_limit, backoff)
-                    if self.stopping.wait(backoff):
-                        continue
-                    backoff = min(backoff * 2, BACKOFF_MAX)
                 poller.unregister(self.socket)
                 self._connect()
                 poller.register(self.socket, zmq.POLLIN)
                 liveness = liveness_limit
+                if not reconnect:
+                    # Silent broker: reconnect now, then give it `backoff` seconds (1 s .. 32 s) before
+                    # the next try; the loop keeps polling, heartbeating and writing health meanwhile.
+                    log.warning("broker silent for %d heartbeats; reconnected, next try in %.0f s",
+                                liveness_limit, backoff)
+                    liveness = max(liveness_limit, round(backoff / interval))
+                    backoff = min(backoff * 2, BACKOFF_MAX)
         self.close()
 
     def close(self) -> None:
