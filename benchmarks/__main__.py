@@ -178,13 +178,9 @@ def measure(handles: list, args, preset: dict, winfo: dict, peaks: dict, interle
     rows: list[dict] = []
 
     def finish(h, row: dict) -> dict:
-        peak_key, peak = flops.peak_for(h.spec.precision_env(), peaks)
         pps = row.get("pairs_per_s")
         if pps:
             row["gflops"] = round(pps * winfo[row["workload"]]["flop_per_pair"] / 1e9, 3)
-            if peak:
-                row["peak_fraction"] = round(row["gflops"] / peak, 3)
-                row["peak_key"] = peak_key
         rows.append(row)
         return row
 
@@ -282,6 +278,18 @@ def compute_targets(res: dict) -> list[dict]:
     return out
 
 
+def add_peak_fractions(res: dict, specs: list[systems.SystemSpec]) -> None:
+    by_name = {s.name: s for s in specs}
+    for row in res["results"]:
+        spec = by_name.get(row.get("system"))
+        if spec is None or not row.get("gflops"):
+            continue
+        key, peak = flops.peak_for(spec.precision_env(), res.get("peaks") or {})
+        if peak:
+            row["peak_fraction"] = round(row["gflops"] / peak, 3)
+            row["peak_key"] = key
+
+
 def add_reference_ratios(res: dict) -> None:
     ref = {r["workload"]: r["pairs_per_s"] for r in res["results"] if r.get("system") == "inprocess" and r.get("pairs_per_s")}
     for r in res["results"]:
@@ -330,6 +338,14 @@ def cmd_run(args) -> int:
     res["workloads"] = workload_info(model, list(preset["workloads"]), args.seed)
     res["systems"], res["results"] = bench_systems(specs, args, preset, model, logs, res["workloads"], peaks)
     add_reference_ratios(res)
+    if not args.no_peaks:  # again: on a shared machine the best of two is closer to the machine's peak
+        say("GEMM peaks again")
+        again = measure_peaks(args.threads, preset["peaks_s"], preset["peaks_n"])
+        res["peaks"]["runs"] = [dict(peaks), again]
+        for key in ("fp32", "bf16", "int8"):
+            values = [v for v in (peaks.get(key), again.get(key)) if isinstance(v, (int, float))]
+            res["peaks"][key] = max(values) if values else None
+    add_peak_fractions(res, specs)
     if not args.no_gateway:
         say("gateway overhead (stub workers, wrk)")
         try:
