@@ -2,7 +2,7 @@
 
 The main thread owns the DEALER socket: it says READY, receives jobs, sends
 heartbeats every interval and results when they are ready. Scoring runs in a
-second thread, so heartbeats go on during long jobs; that thread hands its
+second thread, so heartbeats go on during long jobs; that thread hands each
 result back over an inproc PAIR socket, which wakes the main thread's poll.
 If the broker is silent for `liveness` intervals, or tells us to DISCONNECT,
 the worker makes a new socket and announces itself again; while the broker
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -48,8 +49,9 @@ class Worker:
         self._results_addr = f"inproc://results-{id(self)}"
         self._results_in.bind(self._results_addr)
         self._results_out = self.context.socket(zmq.PAIR)
-        self._results_out.connect(self._results_addr)
-        self._results_lock = threading.Lock()
+        self._results_out.connect(self._results_addr)  # used by the scoring thread only
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._score_forever, name="scorer", daemon=True).start()
 
     # -- lifecycle -----------------------------------------------------------
     def stop(self) -> None:
@@ -154,15 +156,17 @@ class Worker:
             return
         self.busy_job = job_id
         pairs = [(query, sentence) for query, sentences in tasks for sentence in sentences]
-        threading.Thread(target=self._score, args=(job_id, pairs), name=f"job-{job_id.decode()}", daemon=True).start()
+        self._jobs.put((job_id, pairs))
 
-    def _score(self, job_id: bytes, pairs) -> None:
-        try:
-            frames = p.encode(p.RESULT, job_id, p.encode_scores(self.scorer.score(pairs)))
-        except Exception as exc:  # noqa: BLE001 - any failure goes back to the broker as ERROR
-            log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-            frames = p.encode(p.ERROR, job_id, f"{type(exc).__name__}: {exc}".encode())
-        with self._results_lock:
+    def _score_forever(self) -> None:
+        """The scoring thread: one job at a time, results back over the inproc socket."""
+        while True:
+            job_id, pairs = self._jobs.get()
+            try:
+                frames = p.encode(p.RESULT, job_id, p.encode_scores(self.scorer.score(pairs)))
+            except Exception as exc:  # noqa: BLE001 - any failure goes back to the broker as ERROR
+                log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+                frames = p.encode(p.ERROR, job_id, f"{type(exc).__name__}: {exc}".encode())
             self._results_out.send_multipart(frames)
 
     def _forward_result(self) -> None:
