@@ -1,0 +1,313 @@
+"""Scorer modes on tiny local models: exact mode equals CrossEncoder.predict, fast modes drift boundedly,
+unsupported modes fail at start with one line naming the variable.
+
+The plain `tiny` model (benchmarks.models) is badly conditioned: its random encoder gives nearly the same
+pooled features for every input, so calibration gives the classifier a gain of ~3000, which turns float32
+rounding into score differences of ~2e-5 (predict(batch_size=1) and predict(batch_size=32) already differ
+by that much) and bf16/int8 noise into random orders. Exactness and drift are therefore checked on
+`conditioned_model`, the same architecture and tokenizer with weights drawn at std 0.2 and the head
+recalibrated (gain ~1), where fp32 noise is ~1e-7 as on a trained model.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from benchmarks.models import sample_text
+from shared.settings import Settings
+from worker import scorer as scorer_mod
+from worker.scorer import CrossEncoderScorer, ScorerError, check_mode
+
+BF16 = scorer_mod.bf16_supported()
+
+
+def pairs_for(seed: int, n: int, longest: int = 60):
+    """One query, n sentences of mixed lengths, one past the 512-token maximum (truncated, not refused)."""
+    rng = random.Random(seed)
+    query = sample_text(rng, 8)
+    sentences = [sample_text(rng, rng.randint(1, longest)) for _ in range(n - 1)] + [sample_text(rng, 700)]
+    rng.shuffle(sentences)
+    return [(query, s) for s in sentences]
+
+
+def agreement(ref: np.ndarray, got: np.ndarray) -> float:
+    i, j = np.triu_indices(len(ref), 1)
+    return float((np.sign(ref[i] - ref[j]) == np.sign(got[i] - got[j])).mean())
+
+
+@pytest.fixture(scope="session")
+def conditioned_model(tiny_model, tmp_path_factory):
+    """`tiny` with weights at std 0.2 and a recalibrated head: well conditioned (see the module doc)."""
+    import torch
+    from transformers import AutoTokenizer, DebertaV2ForSequenceClassification
+
+    from benchmarks.models import calibrate
+
+    path = tmp_path_factory.mktemp("models") / "tiny-conditioned"
+    model = DebertaV2ForSequenceClassification.from_pretrained(str(tiny_model)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 2 and not name.startswith("classifier"):
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
+    calibrate(model, tokenizer, seed=0)
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture
+def one_thread():
+    """Scorers and references on 1 thread (fp32 sums depend on the thread count); restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield 1
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def export_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("exports")
+
+
+_reference_cache: dict = {}
+
+
+def reference(model, pairs) -> np.ndarray:
+    from sentence_transformers import CrossEncoder
+
+    key = str(model)
+    if key not in _reference_cache:
+        _reference_cache[key] = CrossEncoder(key, device="cpu")
+    return _reference_cache[key].predict(pairs, show_progress_bar=False)
+
+
+def make(model, backend="torch", precision="fp32", batch_size=32, **kwargs) -> CrossEncoderScorer:
+    settings = Settings(model=str(model), backend=backend, precision=precision, num_threads=1,
+                        batch_size=batch_size)
+    return CrossEncoderScorer(settings, **kwargs)
+
+
+# -- batching ---------------------------------------------------------------------------------------------
+
+
+class _Limits:
+    batches = CrossEncoderScorer.batches
+
+    def __init__(self, batch_size, batch_tokens, overhead):
+        self.batch_size, self.batch_tokens, self.batch_overhead = batch_size, batch_tokens, overhead
+
+
+@pytest.mark.parametrize("batch_size,batch_tokens,overhead", [(32, 8192, 96), (4, 8192, 96), (32, 300, 0),
+                                                              (1, 1, 96), (64, 2048, 10**9)])
+def test_batches_cover_each_pair_once_within_limits(batch_size, batch_tokens, overhead):
+    rng = random.Random(batch_size + batch_tokens)
+    for n in (0, 1, 2, 7, 30, 65):
+        lengths = [rng.randint(3, 512) for _ in range(n)]
+        batches = _Limits(batch_size, batch_tokens, overhead).batches(lengths)
+        assert sorted(i for b in batches for i in b) == list(range(n))
+        flat = [lengths[i] for b in batches for i in b]
+        assert flat == sorted(flat, reverse=True)  # longest first: each batch is padded to its first pair
+        for b in batches:
+            assert len(b) <= batch_size
+            assert len(b) == 1 or len(b) * lengths[b[0]] <= batch_tokens
+
+
+def test_batches_cut_padding_only_where_it_pays():
+    lengths = [100] * 10 + [20] * 10
+    assert len(_Limits(32, 8192, 96).batches(lengths)) == 2  # 800 padded tokens saved > 96
+    assert len(_Limits(32, 8192, 10**6).batches(lengths)) == 1  # a pass costing more than the padding
+    assert [len(b) for b in _Limits(32, 8192, 96).batches([50, 49, 48, 47])] == [4]
+
+
+# -- exact mode -------------------------------------------------------------------------------------------
+
+@pytest.mark.model
+@pytest.mark.parametrize("batch_size,batch_tokens", [(32, 8192), (5, 8192), (32, 600), (1, 1)])
+def test_exact_mode_equals_predict(conditioned_model, one_thread, batch_size, batch_tokens):
+    scorer = make(conditioned_model, batch_size=batch_size, batch_tokens=batch_tokens)
+    assert scorer.info["backend"] == "torch" and scorer.info["precision"] == "fp32"
+    for seed, n in ((1, 1), (2, 5), (3, 40)):
+        pairs = pairs_for(seed, n)
+        expected = reference(conditioned_model, pairs)
+        got = scorer.score(pairs)
+        assert got.dtype == np.float32 and got.shape == (n,)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+        assert list(np.argsort(-got, kind="stable")) == list(np.argsort(-expected, kind="stable"))
+
+
+@pytest.mark.model
+def test_exact_mode_one_batch_matches_predict_closely_even_on_plain_tiny(tiny_model, one_thread):
+    # Pairs of similar lengths: cutting padding would not pay for another pass, so the request is one
+    # batch, the same padded tensor as predict's (up to row order), equal to 1e-6 even on plain `tiny`.
+    rng = random.Random(4)
+    query = sample_text(rng, 8)
+    pairs = [(query, sample_text(rng, rng.randint(20, 24))) for _ in range(12)]
+    scorer = make(tiny_model)
+    lengths = scorer._tokenize(pairs)["attention_mask"].sum(1).tolist()
+    assert len(scorer.batches(lengths)) == 1
+    np.testing.assert_allclose(scorer.score(pairs), reference(tiny_model, pairs), rtol=0, atol=1e-6)
+
+
+@pytest.mark.model
+def test_empty_request_and_threads(conditioned_model):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        scorer = make(conditioned_model)
+        assert torch.get_num_threads() == 1 and scorer.info["threads"] == 1
+        assert scorer.score([]).shape == (0,)
+        assert "TOKENIZERS_PARALLELISM" in os.environ  # set (to false unless the operator chose)
+    finally:
+        torch.set_num_threads(before)
+
+
+# -- fast torch modes -------------------------------------------------------------------------------------
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("precision", [
+    pytest.param("bf16", marks=pytest.mark.skipif(not BF16, reason="CPU without AVX512-BF16/AMX")), "int8"])
+def test_fast_torch_modes_drift_boundedly(conditioned_model, one_thread, precision):
+    scorer = make(conditioned_model, precision=precision)
+    assert scorer.info["precision"] == precision
+    for seed in (5, 6):
+        pairs = pairs_for(seed, 30)
+        expected, got = reference(conditioned_model, pairs), scorer.score(pairs)
+        assert got.dtype == np.float32
+        assert np.abs(got - expected).max() < 0.15  # loose: tiny random model; see docs/precision.md
+        assert agreement(expected, got) > 0.85
+
+
+@pytest.mark.model
+def test_int8_quantizes_the_inner_encoder(conditioned_model, one_thread):
+    import torch
+
+    hf = make(conditioned_model, precision="int8").model[0].auto_model
+    quantized = [n for n, m in hf.named_modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
+    assert quantized and all(n.startswith(hf.base_model_prefix) for n in quantized)
+    assert type(hf.classifier) is torch.nn.Linear  # the head stays fp32
+
+
+# -- refusals ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend,precision,named", [
+    ("onnx", "bf16", "RERANKER_PRECISION=bf16"),
+    ("nonsense", "fp32", "RERANKER_BACKEND=nonsense"),
+    ("torch", "fp16", "RERANKER_PRECISION=fp16"),
+])
+def test_unsupported_combinations_are_refused(backend, precision, named):
+    with pytest.raises(ScorerError) as info:
+        check_mode(backend, precision)
+    assert named in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_bf16_refused_without_cpu_support(backend, monkeypatch):
+    monkeypatch.setattr(scorer_mod, "cpu_flags", lambda path="/proc/cpuinfo": {"avx2", "avx512f"})
+    monkeypatch.setattr(scorer_mod, "_missing_modules", lambda backend, precision: [])
+    with pytest.raises(ScorerError, match="RERANKER_PRECISION=bf16 needs a CPU with AVX512-BF16"):
+        make("unused", backend=backend, precision="bf16")  # refused before any model is loaded
+    check_mode(backend, "bf16", flags={"avx512_bf16"})
+    check_mode(backend, "bf16", flags={"amx_bf16"})
+
+
+def test_cpu_flags_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n\nprocessor\t: 1\n")
+    assert scorer_mod.cpu_flags(str(cpuinfo)) >= {"avx512_bf16", "avx512_vnni"}
+    assert scorer_mod.cpu_flags(str(tmp_path / "missing")) == set()
+
+
+@pytest.mark.parametrize("backend,extra", [("onnx", "onnx"), ("openvino", "openvino")])
+def test_backend_without_its_package_is_refused(backend, extra, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    hidden = {"onnxruntime", "onnx", "openvino", "nncf"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in hidden else real(name, *a))
+    with pytest.raises(ScorerError) as info:
+        make("unused", backend=backend, precision="fp32")
+    message = str(info.value)
+    assert f"RERANKER_BACKEND={backend} needs: pip install '.[{extra}]'" in message and "\n" not in message
+
+
+def test_worker_exits_3_with_one_line_for_an_unsupported_mode(tmp_path):
+    from tests.service import clean_env
+
+    proc = subprocess.run([sys.executable, "-m", "worker"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, env=clean_env(RERANKER_BACKEND="onnx", RERANKER_PRECISION="bf16",
+                                                     RERANKER_MODEL=str(tmp_path / "unused")))
+    assert proc.returncode == 3
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("worker:")]
+    assert len(lines) == 1 and "RERANKER_PRECISION=bf16" in lines[0] and "RERANKER_BACKEND=onnx" in lines[0]
+
+
+# -- ONNX Runtime and OpenVINO (only where their packages are installed) ----------------------------------
+
+
+@pytest.mark.model
+def test_onnx_fp32_equals_predict_and_int8_drifts_boundedly(conditioned_model, export_dir, one_thread):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    exact = make(conditioned_model, backend="onnx", export_dir=export_dir)
+    assert exact.info["backend"] == "onnx" and exact.info["export"].endswith("onnx/model.onnx")
+    session_threads = exact._forward.__self__.session.get_session_options().intra_op_num_threads
+    assert session_threads == 1
+    pairs = pairs_for(7, 30)
+    expected = reference(conditioned_model, pairs)
+    np.testing.assert_allclose(exact.score(pairs), expected, rtol=0, atol=1e-5)
+    exported = os.path.getmtime(exact.info["export"])
+    fast = make(conditioned_model, backend="onnx", precision="int8", export_dir=export_dir)
+    assert os.path.getmtime(exact.info["export"]) == exported  # cached, not exported again
+    got = fast.score(pairs)
+    assert np.abs(got - expected).max() < 0.15 and agreement(expected, got) > 0.85
+
+
+@pytest.mark.model
+def test_exported_tokenization_equals_crossencoders(conditioned_model, export_dir):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from sentence_transformers import CrossEncoder
+
+    pairs = pairs_for(8, 20, longest=400)
+    for max_length in (None, 64):
+        ce = CrossEncoder(str(conditioned_model), device="cpu", max_length=max_length)
+        settings = Settings(model=str(conditioned_model), backend="onnx", num_threads=1, max_length=max_length)
+        exported = CrossEncoderScorer(settings, export_dir=export_dir)
+        want, got = ce.preprocess(pairs), exported._tokenize(pairs)
+        assert exported.info["max_length"] == ce.max_seq_length
+        for name in ("input_ids", "attention_mask"):
+            assert got[name].tolist() == want[name].tolist()
+
+
+@pytest.mark.model
+def test_openvino_modes(conditioned_model, export_dir, one_thread):
+    pytest.importorskip("openvino")
+    exact = make(conditioned_model, backend="openvino", export_dir=export_dir)
+    assert exact._forward.__self__.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    pairs = pairs_for(9, 30)
+    expected = reference(conditioned_model, pairs)
+    np.testing.assert_allclose(exact.score(pairs), expected, rtol=0, atol=1e-5)
+    fast = ["int8"] if importlib_available("nncf") else []
+    fast += ["bf16"] if BF16 else []
+    for precision in fast:
+        got = make(conditioned_model, backend="openvino", precision=precision, export_dir=export_dir).score(pairs)
+        assert np.abs(got - expected).max() < 0.3 and agreement(expected, got) > 0.8, precision
+
+
+def importlib_available(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None

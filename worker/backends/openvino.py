@@ -1,0 +1,66 @@
+"""RERANKER_BACKEND=openvino: OpenVINO on CPU with INFERENCE_NUM_THREADS = NUM_THREADS.
+
+- fp32: INFERENCE_PRECISION_HINT f32 (OpenVINO would otherwise pick bf16 on a CPU that has it).
+- bf16: INFERENCE_PRECISION_HINT bf16 (CPUs with AVX512-BF16 or AMX only).
+- int8: int8 weights (NNCF weight compression, no calibration data needed), computed in bf16 where the
+  CPU has it, else in f32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .export import Export, Tokenized
+
+FILES = {"fp32": "openvino/openvino_model.xml", "int8": "openvino/openvino_model_int8.xml"}
+
+
+class OpenVINOModel(Tokenized):
+    def __init__(self, model: str, root: Path, precision: str, num_threads: int, max_length: int | None) -> None:
+        import openvino as ov
+
+        from ..scorer import bf16_supported
+
+        export = Export(model, root)
+        fp32 = export.artifact(FILES["fp32"], lambda tmp: export_openvino(export, tmp))
+        self.path = export.artifact(FILES["int8"], lambda tmp: compress_int8(fp32, tmp)) if precision == "int8" else fp32
+        export.release_source()
+        super().__init__(root, export.meta, max_length)
+        hint = {"fp32": "f32", "bf16": "bf16", "int8": "bf16" if bf16_supported() else "f32"}[precision]
+        config = {
+            "INFERENCE_NUM_THREADS": num_threads,
+            "INFERENCE_PRECISION_HINT": hint,
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+        }
+        self.compiled = ov.Core().compile_model(str(self.path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.hint = hint
+
+    def forward(self, features: dict[str, Any]):
+        import torch
+
+        self.request.infer({name: features[name].numpy() for name in self.inputs})
+        return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+
+
+def export_openvino(export: Export, tmp: Path) -> None:
+    import openvino as ov
+    import torch
+
+    example = export.example()
+    with torch.no_grad():
+        model = ov.convert_model(export.wrapper(), example_input=tuple(example[n] for n in export.meta["inputs"]))
+    for port, name in zip(model.inputs, export.meta["inputs"]):
+        port.get_tensor().set_names({name})
+    ov.save_model(model, str(tmp), compress_to_fp16=False)  # the default would halve the weights to fp16
+
+
+def compress_int8(source: Path, tmp: Path) -> None:
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(source))
+    model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    ov.save_model(model, str(tmp), compress_to_fp16=False)
