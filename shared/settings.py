@@ -170,7 +170,15 @@ class Settings:
         "NUM_THREADS", _int(1), None, "Torch threads per worker. Keep replicas x NUM_THREADS <= cores.",
         computed=lambda s: _usable_cpus(), shown="CPUs this process may use")
     batch_size: int = option(
-        "RERANKER_BATCH_SIZE", _int(1), 32, "Pairs per forward pass inside a worker (CrossEncoder.predict batch_size).")
+        "RERANKER_BATCH_SIZE", _int(1), 32, "Most pairs in one forward pass inside a worker.")
+    batch_tokens: int = option(
+        "RERANKER_BATCH_TOKENS", _int(1), 8192,
+        "Most padded tokens in one forward pass inside a worker (pairs x longest pair). Pairs are sorted "
+        "by token length and batched to cut padding, at most RERANKER_BATCH_SIZE pairs a batch.")
+    export_dir: str | None = option(
+        "RERANKER_EXPORT_DIR", _text, None,
+        "Where the onnx/openvino backends cache the model they export on first start.",
+        shown="~/.cache/reranker/exports")
     max_length: int | None = option(
         "RERANKER_MAX_LENGTH", _int(8), None,
         "Tokens per pair before truncation; unset: the model's own maximum.", shown="model's maximum")
