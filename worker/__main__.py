@@ -21,8 +21,6 @@ WARMUP = [("what is a reranker?", "A reranker orders candidate passages by relev
 def main() -> None:
     settings = load_or_exit()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    # One job at a time uses NUM_THREADS torch threads; tokenizer threads would only compete with them.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.monotonic()
     try:
         scorer = load_scorer(settings)

@@ -34,8 +34,6 @@ from shared.settings import Settings
 
 Pairs = Sequence[tuple[str, str]]
 
-DEFAULT_BATCH_TOKENS = 8192
-"""Default token budget of one forward pass: pairs in the batch x tokens of its longest pair."""
 SINGLE_PENALTY = 1e12
 BATCH_OVERHEAD_TOKENS = 96
 """What one more forward pass costs, in tokens: DeBERTa-v2 projects its 512 relative-position embeddings
@@ -176,7 +174,7 @@ class CrossEncoderScorer:
         self._torch = torch
         set_threads(settings.num_threads)
         self.batch_size = settings.batch_size
-        self.batch_tokens = int(batch_tokens or getattr(settings, "batch_tokens", None) or DEFAULT_BATCH_TOKENS)
+        self.batch_tokens = int(batch_tokens or settings.batch_tokens)
         if self.batch_tokens < 1:
             raise ScorerError(f"RERANKER_BATCH_TOKENS={self.batch_tokens} must be >= 1")
         self.batch_overhead = BATCH_OVERHEAD_TOKENS
@@ -187,7 +185,7 @@ class CrossEncoderScorer:
         else:
             from .backends.export import export_root
 
-            root = export_root(settings.model, export_dir or getattr(settings, "export_dir", None))
+            root = export_root(settings.model, export_dir or settings.export_dir)
             if backend == "onnx":
                 from .backends.onnx import OnnxModel as runtime
             else:
