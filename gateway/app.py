@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from contextlib import asynccontextmanager
+from typing import Callable
 
 import numpy as np
 import orjson
@@ -20,6 +21,7 @@ from shared.schemas import RerankRequest, RerankResponse, render_results
 from shared.settings import Settings
 
 from .client import BrokerClient, ServiceError
+from .fastpath import Answer, ClientGone, RerankFastPath, read_body, send_answer
 
 _EMPTY = np.empty(0, dtype=np.float32)
 
@@ -32,12 +34,53 @@ ERRORS = {
 }
 
 
-def json_response(body, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
+def json_response(body, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-def error(status: int, message: str, headers: dict | None = None) -> Response:
-    return json_response({"detail": message}, status, headers)
+def error(status: int, message: str) -> Response:
+    return json_response({"detail": message}, status)
+
+
+def error_answer(status: int, message: str) -> Answer:
+    headers = [(b"retry-after", b"1")] if status in (429, 503) else []
+    return status, orjson.dumps({"detail": message}), headers
+
+
+class Reranker:
+    """What POST /rerank does with a parsed request: the limits, the broker call, the sorted answer.
+
+    Both ways in (the fast path and the FastAPI route) use it, so they answer alike.
+    """
+
+    def __init__(self, settings: Settings, app: FastAPI) -> None:
+        self.settings = settings
+        self.app = app  # app.state.broker is made in the lifespan, after fork
+
+    def too_large(self) -> Answer:
+        return error_answer(413, f"request body exceeds the limit of {self.settings.max_body_bytes} bytes "
+                                 "(RERANKER_MAX_BODY_BYTES)")
+
+    async def answer(self, body: RerankRequest) -> Answer:
+        s = self.settings
+        if len(body.sentences) > s.max_sentences:
+            return error_answer(413, f"{len(body.sentences)} sentences exceed the limit of {s.max_sentences} "
+                                     "per request (RERANKER_MAX_SENTENCES)")
+        longest = max(max((len(t) for t in body.sentences), default=0), len(body.query))
+        if longest > s.max_chars:
+            return error_answer(413, f"a text of {longest} characters exceeds the limit of {s.max_chars} "
+                                     "(RERANKER_MAX_CHARS)")
+        if not body.sentences:
+            return 200, render_results([], _EMPTY), []
+        started = time.perf_counter()
+        try:
+            scores = await self.app.state.broker.rerank(body.query, body.sentences)
+        except ServiceError as exc:
+            return error_answer(exc.status, exc.message)
+        except orjson.JSONEncodeError:  # stdlib json (the FastAPI route) lets a lone surrogate through
+            return error_answer(422, "a text is not valid Unicode: it holds a lone surrogate (\\ud800-\\udfff)")
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        return 200, render_results(body.ids, scores), [(b"x-compute-time", b"%.1f" % elapsed_ms)]
 
 
 class BodyLimit:
@@ -47,8 +90,9 @@ class BodyLimit:
     it); a chunked body is buffered up to the limit and then replayed.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, too_large: Callable[[], Answer], limit: int) -> None:
         self.app = app
+        self.too_large = too_large
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -57,32 +101,27 @@ class BodyLimit:
         length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if length is not None:
             if length.isdigit() and int(length) > self.limit:
-                return await self._refuse(scope, receive, send)
+                return await send_answer(send, self.too_large())
             return await self.app(scope, receive, send)
-        chunks, seen, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # client went away
-            chunks.append(message.get("body", b""))
-            seen += len(chunks[-1])
-            if seen > self.limit:
-                return await self._refuse(scope, receive, send)
-            more = message.get("more_body", False)
-        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+        try:
+            body = await read_body(receive, self.limit)
+        except ClientGone:
+            return
+        if body is None:
+            return await send_answer(send, self.too_large())
+        replay = [{"type": "http.request", "body": body, "more_body": False}]
 
         async def replay_receive() -> Message:
             return replay.pop() if replay else await receive()
 
         await self.app(scope, replay_receive, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error(413, f"request body exceeds the limit of {self.limit} bytes (RERANKER_MAX_BODY_BYTES)")
-        await response(scope, receive, send)
 
+def create_app(settings: Settings, client: BrokerClient | None = None) -> RerankFastPath:
+    """The gateway's ASGI app: the /rerank fast path in front of the FastAPI app.
 
-def create_app(settings: Settings, client: BrokerClient | None = None) -> FastAPI:
-    """The gateway app. `client` is for tests; by default one is made at start-up."""
+    `client` is for tests; by default one is made at start-up.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -102,35 +141,21 @@ def create_app(settings: Settings, client: BrokerClient | None = None) -> FastAP
         version="0.1.0",
         lifespan=lifespan,
     )
+    reranker = Reranker(settings, app)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(settings.cors_origins),
         allow_methods=["*"],
         allow_headers=["*"],
     )
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, too_large=reranker.too_large, limit=settings.max_body_bytes)
 
     @app.post("/rerank", response_model=RerankResponse, responses=ERRORS,
               summary="Score sentences against a query, best first")
-    async def rerank(body: RerankRequest, request: Request) -> Response:
-        if len(body.sentences) > settings.max_sentences:
-            return error(413, f"{len(body.sentences)} sentences exceed the limit of {settings.max_sentences} "
-                              "per request (RERANKER_MAX_SENTENCES)")
-        longest = max((len(s) for s in body.sentences), default=0)
-        if max(longest, len(body.query)) > settings.max_chars:
-            return error(413, f"a text of {max(longest, len(body.query))} characters exceeds the limit of "
-                              f"{settings.max_chars} (RERANKER_MAX_CHARS)")
-        if not body.sentences:
-            return Response(render_results([], _EMPTY), media_type="application/json")
-        started = time.perf_counter()
-        try:
-            scores = await request.app.state.broker.rerank(body.query, body.sentences)
-        except ServiceError as exc:
-            headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
-            return error(exc.status, exc.message, headers)
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        return Response(render_results(body.ids, scores), media_type="application/json",
-                        headers={"x-compute-time": f"{elapsed_ms:.1f}"})
+    async def rerank(body: RerankRequest) -> Response:
+        status, content, headers = await reranker.answer(body)
+        return Response(content, status, {k.decode(): v.decode() for k, v in headers},
+                        media_type="application/json")
 
     @app.get("/health", summary="The gateway process is alive")
     async def health() -> dict:
@@ -156,5 +181,5 @@ def create_app(settings: Settings, client: BrokerClient | None = None) -> FastAP
         }
 
     app.openapi()  # generate the schema at start-up, so a broken schema fails fast
-    return app
+    return RerankFastPath(app, reranker.answer, reranker.too_large, settings.max_body_bytes)
 

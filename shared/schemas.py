@@ -7,11 +7,15 @@ Kept byte-compatible with the original service: request
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Annotated, Sequence
 
 import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+
+
+# What the response's JSON encoder can write: signed or unsigned 64-bit.
+Id = Annotated[StrictInt, Field(ge=-(2**63), le=2**64 - 1)]
 
 
 class RerankRequest(BaseModel):
@@ -27,7 +31,7 @@ class RerankRequest(BaseModel):
 
     query: StrictStr = Field(description="The search query.")
     sentences: list[StrictStr] = Field(description="Candidate texts to score against the query.")
-    ids: list[StrictInt] = Field(description="The caller's id for each sentence, returned with its score.")
+    ids: list[Id] = Field(description="The caller's id for each sentence, returned with its score.")
 
     @model_validator(mode="after")
     def _same_length(self) -> "RerankRequest":

@@ -86,6 +86,54 @@ def test_malformed_json_gets_422(stub_service):
     assert "json" in r.text.lower()
 
 
+BROWSER = {"Origin": "https://search.example"}  # a request with an Origin goes through the full FastAPI stack
+
+
+@pytest.mark.parametrize("content", [
+    orjson.dumps({"query": QUERY, "sentences": SENTENCES, "ids": [1, 2, 3, 4, 5, 6]}),
+    orjson.dumps({"query": "q", "sentences": [], "ids": []}),
+    b'{"query": "q", "sentences": ["a", "b"], "ids": [1]}',
+    b'{"query": "q", "sentences": ["a"], "ids": [1.0]}',
+    b'{"query": "q", "sentences": ["a"], "ids": [18446744073709551616]}',
+    b'{"query": "q", "sentences": ["a"]}',
+    b'{"query": "q", "sentences": [null], "ids": [1]}',
+    b'["q", ["a"], [1]]',
+    b'{"query": "q", "sentences": ["a"], "ids": [1], "extra": true}',
+    b'{"query": "q", "sentences": [',
+    orjson.dumps({"query": "q", "sentences": ["s"] * 51, "ids": list(range(51))}),
+])
+def test_fast_path_answers_as_the_fastapi_route_does(stub_service, content):
+    headers = {"content-type": "application/json"}
+    fast = stub_service.http.post("/rerank", content=content, headers=headers)
+    full = stub_service.http.post("/rerank", content=content, headers={**headers, **BROWSER})
+    assert full.headers["access-control-allow-origin"] in ("*", BROWSER["Origin"])
+    assert "access-control-allow-origin" not in fast.headers
+    assert (fast.status_code, fast.content) == (full.status_code, full.content)
+    assert fast.headers["content-type"] == full.headers["content-type"] == "application/json"
+
+
+def test_lone_surrogates_get_422_both_ways_in(stub_service):
+    content = b'{"query": "q", "sentences": ["\\ud800"], "ids": [1]}'
+    headers = {"content-type": "application/json"}
+    for extra in ({}, BROWSER):
+        r = stub_service.http.post("/rerank", content=content, headers={**headers, **extra})
+        assert r.status_code == 422, r.text
+
+
+def test_ids_beyond_64_bits_get_422_not_500(stub_service):
+    r = stub_service.rerank("q", ["a"], [2**64])
+    assert r.status_code == 422 and "ids" in r.text
+    r = stub_service.rerank("q", ["a", "b"], [2**64 - 1, -(2**63)])
+    assert r.status_code == 200 and {x["id"] for x in r.json()["results"]} == {2**64 - 1, -(2**63)}
+
+
+def test_invalid_json_gets_422_without_echoing_the_body(stub_service):
+    content = b'{"query": "' + b"x" * 5000 + b'", "sentences": ['
+    r = stub_service.http.post("/rerank", content=content, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+    assert len(r.content) < 1000
+
+
 def test_limits_get_413_with_the_limit_named(stub_service):
     r = stub_service.rerank("q", ["s"] * 51)
     assert r.status_code == 413 and "50" in r.json()["detail"] and "RERANKER_MAX_SENTENCES" in r.json()["detail"]
