@@ -143,6 +143,7 @@ def test_exact_mode_equals_predict(conditioned_model, one_thread, batch_size, ba
         assert got.dtype == np.float32 and got.shape == (n,)
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
         assert list(np.argsort(-got, kind="stable")) == list(np.argsort(-expected, kind="stable"))
+    assert scorer.memos and all(m.hits > 0 for m in scorer.memos)  # relative positions projected once
 
 
 @pytest.mark.model
