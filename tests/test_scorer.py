@@ -297,7 +297,10 @@ def test_exported_tokenization_equals_crossencoders(conditioned_model, export_di
 def test_openvino_modes(conditioned_model, export_dir, one_thread):
     pytest.importorskip("openvino")
     exact = make(conditioned_model, backend="openvino", export_dir=export_dir)
-    assert exact._forward.__self__.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    compiled = exact._forward.__self__.compiled
+    assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    if len(os.sched_getaffinity(0)) > 1:
+        assert compiled.get_property("ENABLE_CPU_PINNING") is False
     pairs = pairs_for(9, 30)
     expected = reference(conditioned_model, pairs)
     np.testing.assert_allclose(exact.score(pairs), expected, rtol=0, atol=1e-5)
@@ -306,6 +309,16 @@ def test_openvino_modes(conditioned_model, export_dir, one_thread):
     for precision in fast:
         got = make(conditioned_model, backend="openvino", precision=precision, export_dir=export_dir).score(pairs)
         assert np.abs(got - expected).max() < 0.3 and agreement(expected, got) > 0.8, precision
+
+
+def test_openvino_pins_threads_only_where_they_cover_the_cores():
+    from worker.backends.openvino import cpu_config
+
+    # Two 1-thread workers on 2 cores: pinned, both would sit on core 0.
+    assert cpu_config("fp32", 1, bf16=True, cores=2)["ENABLE_CPU_PINNING"] is False
+    assert cpu_config("fp32", 2, bf16=True, cores=2)["ENABLE_CPU_PINNING"] is True
+    assert cpu_config("int8", 2, bf16=False, cores=2)["INFERENCE_PRECISION_HINT"] == "f32"
+    assert cpu_config("int8", 2, bf16=True, cores=2)["INFERENCE_PRECISION_HINT"] == "bf16"
 
 
 def importlib_available(name: str) -> bool:
