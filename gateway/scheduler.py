@@ -7,7 +7,7 @@ out as actions in `outbox`, which the broker loop drains and puts on the wire.
 - A request's sentences wait in a FIFO of pieces. An idle worker is handed a
   job of up to `max_batch_pairs` pairs, no more than its fair share of what is
   queued (but not less than `min_split_pairs`), taken from the head of the FIFO: a big request is split across idle
-  workers, small concurrent ones are merged into one job. Scores are
+  workers in equal pieces, small concurrent ones are merged into one job. Scores are
   independent per pair, so the merged result equals the unsplit one.
 - A worker that is silent past its expiry is purged; the pieces of its job go
   back to the head of the FIFO, at most `max_retries` times each.
@@ -36,6 +36,7 @@ class Request:
     scores: np.ndarray = field(init=False)
     remaining: int = field(init=False)
     done: bool = False
+    cut: int = 0  # piece size, once a request too big for one round of the idle workers is split
 
     def __post_init__(self) -> None:
         self.scores = np.empty(len(self.sentences), dtype=np.float32)
@@ -249,9 +250,15 @@ class Scheduler:
             return
         queued = sum(p.size for p in self.queue)
         while self.idle and self.queue:
-            # Each idle worker gets an equal share of what is queued, within the split bounds.
-            share = max(self.min_split_pairs, math.ceil(queued / len(self.idle)))
+            # Each idle worker gets an equal share of what is queued, within the split bounds. Where that
+            # takes several rounds of max_batch_pairs, the rounds are equal too, and the request keeps
+            # that piece size: 240 pairs over 3 idle workers at most 64 a job are 6 pieces of 40, not
+            # 64+64+64+48, which would make one worker take two big pieces while the others wait.
+            rounds = max(1, math.ceil(queued / (len(self.idle) * self.max_batch_pairs)))
+            share = max(self.min_split_pairs, math.ceil(queued / (len(self.idle) * rounds)))
             budget = min(self.max_batch_pairs, share)
+            if self.queue[0].request.cut:
+                budget = self.queue[0].request.cut
             queued -= budget
             identity, _ = self.idle.popitem(last=False)
             pieces: list[Piece] = []
@@ -261,6 +268,8 @@ class Scheduler:
                     self.queue.popleft()
                     continue
                 if piece.size > budget:  # split: the rest stays at the head
+                    if rounds > 1 and not pieces:
+                        piece.request.cut = piece.request.cut or budget
                     pieces.append(Piece(piece.request, piece.start, piece.start + budget, piece.attempts))
                     piece.start += budget
                     budget = 0

@@ -51,6 +51,30 @@ def test_big_request_is_split_across_idle_workers_and_merged_in_order():
     assert reply.scores.tolist() == list(range(10))
 
 
+@pytest.mark.parametrize("workers", range(1, 9))
+def test_a_request_over_several_rounds_is_cut_in_equal_pieces(workers):
+    # W240 over k idle workers at most 64 pairs a job: no worker should do more than its share.
+    s = make(max_batch_pairs=64)
+    names = [b"w%d" % i for i in range(workers)]
+    for w in names:
+        s.worker_ready(w, {}, now=0)
+    s.submit(b"c", b"big", "q", sents(240), now=0)
+    done = {w: 0 for w in names}
+    jobs = s.drain()
+    while jobs:  # workers answer in turn; each takes the next piece as it comes back
+        job = jobs.pop(0)
+        assert isinstance(job, SendJob)
+        done[job.worker] += sum(len(t[1]) for t in job.tasks)
+        s.job_done(job.worker, job.job_id, scores_for(job), now=1)
+        out = s.drain()
+        jobs += [a for a in out if isinstance(a, SendJob)]
+        replies = [a for a in out if isinstance(a, Reply)]
+        if replies:
+            assert replies[0].scores.tolist() == list(range(240))
+    assert sum(done.values()) == 240
+    assert max(done.values()) <= -(-240 // workers) + 1  # the ideal share, up to rounding
+
+
 def test_small_requests_are_not_split_below_min_split_pairs():
     s = make(max_batch_pairs=100, min_split_pairs=4)
     for w in (b"w1", b"w2", b"w3"):
