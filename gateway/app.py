@@ -21,7 +21,7 @@ from shared.schemas import RerankRequest, RerankResponse, render_results
 from shared.settings import Settings
 
 from .client import BrokerClient, ServiceError
-from .fastpath import Answer, ClientGone, RerankFastPath, read_body, send_answer
+from .fastpath import Answer, RerankFastPath, read_body, send_answer
 
 _EMPTY = np.empty(0, dtype=np.float32)
 
@@ -103,12 +103,9 @@ class BodyLimit:
             if length.isdigit() and int(length) > self.limit:
                 return await send_answer(send, self.too_large())
             return await self.app(scope, receive, send)
-        try:
-            body = await read_body(receive, self.limit)
-        except ClientGone:
-            return
+        body = await read_body(receive, send, self.limit, self.too_large)
         if body is None:
-            return await send_answer(send, self.too_large())
+            return
         replay = [{"type": "http.request", "body": body, "more_body": False}]
 
         async def replay_receive() -> Message:

@@ -26,21 +26,19 @@ from shared.schemas import RerankRequest
 Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
 
 
-class ClientGone(Exception):
-    """The client disconnected while its body was being read."""
-
-
-async def read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole request body, or None once it exceeds `limit` bytes."""
+async def read_body(receive: Receive, send: Send, limit: int, too_large: Callable[[], Answer]) -> bytes | None:
+    """The whole request body; None once it exceeds `limit` bytes (answered with `too_large()`) or the
+    client has gone."""
     chunks: list[bytes] = []
     seen = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            raise ClientGone
+            return None
         chunk = message.get("body", b"")
         seen += len(chunk)
         if seen > limit:
+            await send_answer(send, too_large())
             return None
         if not message.get("more_body", False):
             return b"".join((*chunks, chunk)) if chunks else chunk
@@ -104,12 +102,9 @@ class RerankFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self._takes(scope):
             return await self.app(scope, receive, send)
-        try:
-            body = await read_body(receive, self.limit)
-        except ClientGone:
-            return
+        body = await read_body(receive, send, self.limit, self.too_large)
         if body is None:
-            return await send_answer(send, self.too_large())
+            return
         try:
             request = RerankRequest.model_validate_json(body)
         except ValidationError as exc:
