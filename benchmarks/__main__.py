@@ -29,7 +29,7 @@ from pathlib import Path
 
 from . import flops, loadgen, quality, report, stub_bench, systems
 from .models import build_model
-from .procs import ROOT, Monitor, loadavg, python
+from .procs import ROOT, Monitor, busy_share, loadavg, python
 from .workloads import WORKLOADS, make_requests, token_stats
 
 MODELS = ROOT / "benchmarks" / ".models"
@@ -368,11 +368,11 @@ def cmd_run(args) -> int:
         "meta": {"preset": preset_name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit(),
                  "cpu": cpu_name(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "python": platform.python_version(),
                  "torch": torch_version, "threads": args.threads, "workers": args.workers, "seed": args.seed,
-                 "loadavg_before": loadavg(), "argv": sys.argv[1:],
+                 "loadavg_before": loadavg(), "busy_before": round(busy_share(), 3), "argv": sys.argv[1:],
                  "note": "Compare ratios within one run; take final numbers on a quiet machine."},
         "model": {"arch": args.arch or preset["arch"], "path": str(model)},
     }
-    say(f"load average {res['meta']['loadavg_before']:.2f} at start")
+    say(f"load average {res['meta']['loadavg_before']:.2f}, CPU {res['meta']['busy_before']:.0%} busy at start")
     if not args.no_peaks:
         say("GEMM peaks")
         res["peaks"] = measure_peaks(args.threads, preset["peaks_s"], preset["peaks_n"])

@@ -95,6 +95,15 @@ def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
+def busy_share(seconds: float = 5.0) -> float:
+    """The machine's CPU busy share over the next `seconds`: what else is running now. (The 1-minute
+    load average still counts a benchmark that ended a minute ago.)"""
+    busy0, total0 = machine_cpu()
+    time.sleep(seconds)
+    busy1, total1 = machine_cpu()
+    return (busy1 - busy0) / max(1, total1 - total0)
+
+
 class Monitor:
     """CPU and peak RSS of groups of process trees over a window, sampled in a thread.
 

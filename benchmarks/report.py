@@ -94,8 +94,9 @@ def markdown(res: dict) -> str:
     m = res["meta"]
     out = [f"# Benchmark results ({m['preset']}, {m['date']})", "",
            f"Machine: {m['cpu']}, {m['cores']} cores; torch {m.get('torch')}; commit {m['commit']}; "
-           f"load average {m['loadavg_before']:.2f} before, {m.get('loadavg_after', 0):.2f} after "
-           f"({'quiet' if m['loadavg_before'] < 0.5 else 'NOT quiet: other work was running'}).", "",
+           f"load average {m['loadavg_before']:.2f} before, {m.get('loadavg_after', 0):.2f} after; "
+           f"CPU {m.get('busy_before', 0):.0%} busy in the 5 s before the start "
+           f"({'quiet' if m.get('busy_before', 1) < 0.1 else 'NOT quiet: other work was running'}).", "",
            f"Model: {res['model']['arch']} ({res['model']['path']}); workers: {m['threads']} threads each.", ""]
     pk = res.get("peaks") or {}
     if pk:

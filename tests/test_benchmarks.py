@@ -127,7 +127,7 @@ def test_smoke_run_end_to_end(tmp_path, tiny_model):
     res = json.loads((out / "results.json").read_text())
     md = (out / "results.md").read_text()
 
-    assert res["meta"]["preset"] == "smoke" and res["meta"]["cores"] >= 1
+    assert res["meta"]["preset"] == "smoke" and res["meta"]["cores"] >= 1 and 0 <= res["meta"]["busy_before"] <= 1
     assert res["peaks"]["fp32"] > 0 and "bf16" in res["peaks"] and "int8" in res["peaks"]
     w5 = res["workloads"]["W5"]
     assert w5["pairs"] == 5 and 1.1 < w5["tokens_per_word"] < 1.5 and w5["padded_tokens"] >= w5["pair_tokens"]
@@ -162,7 +162,7 @@ def test_smoke_run_end_to_end(tmp_path, tiny_model):
     assert modes["bs4"]["max_abs_delta"] < 1e-4 and modes["bs4"]["spearman_min"] > 0.99
     assert "error" in modes["broken"]  # a mode that cannot load is reported, not fatal
 
-    for heading in ("| system |", "Gateway overhead", "Scaling", "Quality against torch fp32"):
+    for heading in ("| system |", "Gateway overhead", "Scaling", "Quality against torch fp32", "busy in the 5 s before"):
         assert heading in md
     assert "| service | W5 | 2 |" in md
     if (out / "latency.png").exists():
