@@ -53,14 +53,16 @@ def validation_errors(body: bytes, exc: ValidationError) -> bytes:
     """
     try:
         RerankRequest.model_validate(json.loads(body), from_attributes=True)
-        # Valid for stdlib json but not for pydantic's parser (a lone surrogate): its error, minus the
-        # input, which is the whole body.
-        errors = [{**e, "loc": ("body",), "input": {}} for e in exc.errors(include_url=False)]
+        errors = None  # valid for stdlib json, not for pydantic's parser: a lone surrogate
     except json.JSONDecodeError as e:
         errors = [{"type": "json_invalid", "loc": ("body", e.pos), "msg": "JSON decode error", "input": {},
                    "ctx": {"error": e.msg}}]
     except ValidationError as again:
         errors = [{**e, "loc": ("body", *e["loc"])} for e in again.errors(include_url=False)]
+    except ValueError:  # not text in any UTF (FastAPI answers 400 there)
+        errors = None
+    if errors is None:  # pydantic's own error, minus the input: it is the whole body
+        errors = [{**e, "loc": ("body",), "input": {}} for e in exc.errors(include_url=False)]
     # Rendered as FastAPI's JSONResponse renders it (stdlib json also writes the >64-bit ints an
     # error may quote).
     return json.dumps({"detail": jsonable_encoder(errors)}, ensure_ascii=False, allow_nan=False,

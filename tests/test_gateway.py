@@ -120,6 +120,12 @@ def test_lone_surrogates_get_422_both_ways_in(stub_service):
         assert r.status_code == 422, r.text
 
 
+def test_a_body_that_is_not_text_gets_422(stub_service):
+    r = stub_service.http.post("/rerank", content=b'{"query": "\xff\xfe", "sentences": [], "ids": []}',
+                               headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+
+
 def test_ids_beyond_64_bits_get_422_not_500(stub_service):
     r = stub_service.rerank("q", ["a"], [2**64])
     assert r.status_code == 422 and "ids" in r.text
