@@ -91,10 +91,10 @@ def reference(model, pairs) -> np.ndarray:
     return _reference_cache[key].predict(pairs, show_progress_bar=False)
 
 
-def make(model, backend="torch", precision="fp32", batch_size=32, **kwargs) -> CrossEncoderScorer:
+def make(model, backend="torch", precision="fp32", batch_size=32, export_dir=None, **kwargs) -> CrossEncoderScorer:
     settings = Settings(model=str(model), backend=backend, precision=precision, num_threads=1,
-                        batch_size=batch_size)
-    return CrossEncoderScorer(settings, **kwargs)
+                        batch_size=batch_size, export_dir=export_dir and str(export_dir), **kwargs)
+    return CrossEncoderScorer(settings)
 
 
 # -- batching ---------------------------------------------------------------------------------------------
@@ -285,8 +285,9 @@ def test_exported_tokenization_equals_crossencoders(conditioned_model, export_di
     pairs = pairs_for(8, 20, longest=400)
     for max_length in (None, 64):
         ce = CrossEncoder(str(conditioned_model), device="cpu", max_length=max_length)
-        settings = Settings(model=str(conditioned_model), backend="onnx", num_threads=1, max_length=max_length)
-        exported = CrossEncoderScorer(settings, export_dir=export_dir)
+        settings = Settings(model=str(conditioned_model), backend="onnx", num_threads=1, max_length=max_length,
+                            export_dir=str(export_dir))
+        exported = CrossEncoderScorer(settings)
         want, got = ce.preprocess(pairs), exported._tokenize(pairs)
         assert exported.info["max_length"] == ce.max_seq_length
         for name in ("input_ids", "attention_mask"):

@@ -160,14 +160,9 @@ def load_cross_encoder(model: str, max_length: int | None, **kwargs: Any):
 
 
 class CrossEncoderScorer:
-    """A CrossEncoder's scores (default activation: sigmoid for one label), in any backend and precision.
+    """A CrossEncoder's scores (default activation: sigmoid for one label), in any backend and precision."""
 
-    `batch_tokens` and `export_dir` override the settings (RERANKER_BATCH_TOKENS, RERANKER_EXPORT_DIR)
-    where these are not declared yet.
-    """
-
-    def __init__(self, settings: Settings, *, batch_tokens: int | None = None,
-                 export_dir: str | os.PathLike | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         backend, precision = settings.backend, settings.precision
         check_mode(backend, precision)
         import torch
@@ -175,7 +170,7 @@ class CrossEncoderScorer:
         self._torch = torch
         set_threads(settings.num_threads)
         self.batch_size = settings.batch_size
-        self.batch_tokens = int(batch_tokens or settings.batch_tokens)
+        self.batch_tokens = settings.batch_tokens
         if self.batch_tokens < 1:
             raise ScorerError(f"RERANKER_BATCH_TOKENS={self.batch_tokens} must be >= 1")
         self.batch_overhead = BATCH_OVERHEAD_TOKENS
@@ -186,7 +181,7 @@ class CrossEncoderScorer:
         else:
             from .backends.export import export_root
 
-            root = export_root(settings.model, export_dir or settings.export_dir)
+            root = export_root(settings.model, settings.export_dir)
             if backend == "onnx":
                 from .backends.onnx import OnnxModel as runtime
             else:

@@ -90,11 +90,11 @@ def load_mode(spec: str, model: str, threads: int, export_dir: str | None):
         return Predict(model, threads)
     backend, precision, *rest = spec.split(":")
     batch_size = int(rest[0]) if rest else 32
-    batch_tokens = int(rest[1]) if len(rest) > 1 else None
+    batch_tokens = int(rest[1]) if len(rest) > 1 else Settings.batch_tokens
     settings = Settings(model=model, backend=backend, precision=precision, num_threads=threads,
-                        batch_size=batch_size)
+                        batch_size=batch_size, batch_tokens=batch_tokens, export_dir=export_dir)
     try:
-        return CrossEncoderScorer(settings, batch_tokens=batch_tokens, export_dir=export_dir)
+        return CrossEncoderScorer(settings)
     except ScorerError as exc:
         print(f"skip {spec}: {exc}", file=sys.stderr)
         return None
