@@ -80,15 +80,10 @@ def cpu_name() -> str:
 
 
 def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16",
-                                                       "amx_int8", "avx_vnni"))
-    except OSError:
-        pass
-    return []
+    """The flags that decide which precisions run fast here."""
+    from worker.scorer import cpu_flags as all_flags
+
+    return sorted(all_flags() & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "avx_vnni"})
 
 
 def ensure_model(arch: str, path: str | None) -> Path:

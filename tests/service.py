@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+
+from benchmarks.procs import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,12 +27,6 @@ FAST = {
     "RERANKER_NO_WORKER_GRACE": "1.5",
     "RERANKER_REQUEST_TIMEOUT": "20",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def clean_env(**extra: str) -> dict[str, str]:

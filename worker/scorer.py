@@ -194,10 +194,14 @@ class CrossEncoderScorer:
                 raise _load_failure(settings.model, exc) from exc
             self._tokenize = model.tokenize
             self._forward = model.forward
+            self.num_labels = model.num_labels
             self.activation = model.activation
             self.padding_side = model.padding_side
             self.max_length = model.max_length
             extra = {"export": str(model.path)}
+        if self.num_labels != 1:
+            raise ScorerError(f"RERANKER_MODEL={settings.model} has {self.num_labels} labels; "
+                              "a reranker needs a one-label cross-encoder")
         self.info = {
             "model": settings.model,
             "backend": backend,
@@ -217,15 +221,13 @@ class CrossEncoderScorer:
         if precision == "bf16":
             kwargs["model_kwargs"] = {"dtype": torch.bfloat16}
         ce = load_cross_encoder(settings.model, settings.max_length, **kwargs)
-        if ce.num_labels != 1:
-            raise ScorerError(f"RERANKER_MODEL={settings.model} has {ce.num_labels} labels; "
-                              "a reranker needs a one-label cross-encoder")
         if precision == "int8":
             quantize_int8(ce)
         from .relpos import memoize_relative_positions
 
         self.memos = memoize_relative_positions(ce[0].auto_model)  # exact: constants computed once
         self.model = ce
+        self.num_labels = ce.num_labels
         self.activation = ce.activation_fn
         self.padding_side = getattr(ce[0].tokenizer, "padding_side", "right")
         self.max_length = ce.max_seq_length

@@ -188,6 +188,7 @@ class Tokenized:
         self.max_length = self.tokenizer.model_max_length
         self.padding_side = meta.get("padding_side", "right")
         self.inputs = meta["inputs"]
+        self.num_labels = meta.get("num_labels", 1)
         path = meta["activation"]
         if not path.startswith("torch."):
             from ..scorer import ScorerError
@@ -195,11 +196,6 @@ class Tokenized:
             raise ScorerError(f"RERANKER_MODEL's activation {path} is not a torch module; "
                               "use RERANKER_BACKEND=torch for this model")
         self.activation = import_from_string(path)()
-        if meta.get("num_labels", 1) != 1:
-            from ..scorer import ScorerError
-
-            raise ScorerError(f"RERANKER_MODEL has {meta['num_labels']} labels; a reranker needs a one-label "
-                              "cross-encoder")
 
     def tokenize(self, pairs: list[tuple[str, str]]) -> dict[str, Any]:
         # What sentence-transformers' Transformer.preprocess does for text pairs.
