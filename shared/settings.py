@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .modes import BACKENDS, PRECISIONS
+
 DEFAULT_MODEL = "mixedbread-ai/mxbai-rerank-base-v1"
-BACKENDS = ("torch", "onnx", "openvino", "stub")
-PRECISIONS = ("fp32", "bf16", "int8")
 
 
 class SettingsError(ValueError):

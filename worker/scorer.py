@@ -30,6 +30,7 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from shared.modes import MODES
 from shared.settings import Settings
 
 Pairs = Sequence[tuple[str, str]]
@@ -42,11 +43,6 @@ into a separate batch only where that saves more than this. Measured best of 0/1
 merged W30s with mxbai-base's shape, 2 threads (96 was right before the projection was memoised)."""
 
 # What each backend can run, and the extra that provides it.
-MODES: dict[str, tuple[str, ...]] = {
-    "torch": ("fp32", "bf16", "int8"),
-    "onnx": ("fp32", "int8"),
-    "openvino": ("fp32", "bf16", "int8"),
-}
 EXTRAS: dict[str, tuple[tuple[str, str], ...]] = {
     # backend: ((module to import, pip name), ...)
     "onnx": (("onnxruntime", "onnxruntime"), ("onnx", "onnx")),
@@ -98,8 +94,8 @@ def _missing_modules(backend: str, precision: str) -> list[str]:
 
 def check_mode(backend: str, precision: str, flags: set[str] | None = None) -> None:
     """Raise ScorerError (one line, naming the variable) unless this backend/precision can run here."""
-    if backend not in MODES:
-        raise ScorerError(f"RERANKER_BACKEND={backend} is unknown; use one of: {', '.join(MODES)}, stub")
+    if backend not in MODES or not MODES[backend]:
+        raise ScorerError(f"RERANKER_BACKEND={backend} is unknown; use one of: {', '.join(MODES)}")
     if precision not in MODES[backend]:
         raise ScorerError(
             f"RERANKER_PRECISION={precision} is not supported with RERANKER_BACKEND={backend}; "
