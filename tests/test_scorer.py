@@ -21,10 +21,14 @@ import pytest
 
 from benchmarks.models import sample_text
 from shared.settings import Settings
-from worker import scorer as scorer_mod
-from worker.scorer import CrossEncoderScorer, ScorerError, check_mode
+from worker import backends
+from worker import cpu as cpu_mod
+from worker.backends import check_mode
+from worker.batching import plan_batches
+from worker.runtime import ScorerError
+from worker.scorer import CrossEncoderScorer
 
-BF16 = scorer_mod.bf16_supported()
+BF16 = cpu_mod.bf16_supported()
 
 
 def pairs_for(seed: int, n: int, longest: int = 60):
@@ -97,38 +101,6 @@ def make(model, backend="torch", precision="fp32", batch_size=32, export_dir=Non
     return CrossEncoderScorer(settings)
 
 
-# -- batching ---------------------------------------------------------------------------------------------
-
-
-class _Limits:
-    batches = CrossEncoderScorer.batches
-
-    def __init__(self, batch_size, batch_tokens, overhead):
-        self.batch_size, self.batch_tokens, self.batch_overhead = batch_size, batch_tokens, overhead
-
-
-@pytest.mark.parametrize("batch_size,batch_tokens,overhead", [(32, 8192, 96), (4, 8192, 96), (32, 300, 0),
-                                                              (1, 1, 96), (64, 2048, 10**9)])
-def test_batches_cover_each_pair_once_within_limits(batch_size, batch_tokens, overhead):
-    rng = random.Random(batch_size + batch_tokens)
-    for n in (0, 1, 2, 7, 30, 65):
-        lengths = [rng.randint(3, 512) for _ in range(n)]
-        batches = _Limits(batch_size, batch_tokens, overhead).batches(lengths)
-        assert sorted(i for b in batches for i in b) == list(range(n))
-        flat = [lengths[i] for b in batches for i in b]
-        assert flat == sorted(flat, reverse=True)  # longest first: each batch is padded to its first pair
-        for b in batches:
-            assert len(b) <= batch_size
-            assert len(b) == 1 or len(b) * lengths[b[0]] <= batch_tokens
-
-
-def test_batches_cut_padding_only_where_it_pays():
-    lengths = [100] * 10 + [20] * 10
-    assert len(_Limits(32, 8192, 96).batches(lengths)) == 2  # 800 padded tokens saved > 96
-    assert len(_Limits(32, 8192, 10**6).batches(lengths)) == 1  # a pass costing more than the padding
-    assert [len(b) for b in _Limits(32, 8192, 96).batches([50, 49, 48, 47])] == [4]
-
-
 # -- exact mode -------------------------------------------------------------------------------------------
 
 @pytest.mark.model
@@ -143,7 +115,8 @@ def test_exact_mode_equals_predict(conditioned_model, one_thread, batch_size, ba
         assert got.dtype == np.float32 and got.shape == (n,)
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
         assert list(np.argsort(-got, kind="stable")) == list(np.argsort(-expected, kind="stable"))
-    assert scorer.memos and all(m.hits > 0 for m in scorer.memos)  # relative positions projected once
+    memos = scorer.runtime.memos
+    assert memos and all(m.hits > 0 for m in memos)  # relative positions projected once
 
 
 @pytest.mark.model
@@ -154,8 +127,8 @@ def test_exact_mode_one_batch_matches_predict_closely_even_on_plain_tiny(tiny_mo
     query = sample_text(rng, 8)
     pairs = [(query, sample_text(rng, rng.randint(20, 24))) for _ in range(12)]
     scorer = make(tiny_model)
-    lengths = scorer._tokenize(pairs)["attention_mask"].sum(1).tolist()
-    assert len(scorer.batches(lengths)) == 1
+    lengths = scorer.runtime.tokenize(pairs)["attention_mask"].sum(1).tolist()
+    assert len(plan_batches(lengths, scorer.batch_size, scorer.batch_tokens)) == 1
     np.testing.assert_allclose(scorer.score(pairs), reference(tiny_model, pairs), rtol=0, atol=1e-6)
 
 
@@ -194,7 +167,7 @@ def test_fast_torch_modes_drift_boundedly(conditioned_model, one_thread, precisi
 def test_int8_quantizes_the_inner_encoder(conditioned_model, one_thread):
     import torch
 
-    hf = make(conditioned_model, precision="int8").model[0].auto_model
+    hf = make(conditioned_model, precision="int8").runtime.model[0].auto_model
     quantized = [n for n, m in hf.named_modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
     assert quantized and all(n.startswith(hf.base_model_prefix) for n in quantized)
     assert type(hf.classifier) is torch.nn.Linear  # the head stays fp32
@@ -203,32 +176,14 @@ def test_int8_quantizes_the_inner_encoder(conditioned_model, one_thread):
 # -- refusals ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend,precision,named", [
-    ("onnx", "bf16", "RERANKER_PRECISION=bf16"),
-    ("nonsense", "fp32", "RERANKER_BACKEND=nonsense"),
-    ("torch", "fp16", "RERANKER_PRECISION=fp16"),
-])
-def test_unsupported_combinations_are_refused(backend, precision, named):
-    with pytest.raises(ScorerError) as info:
-        check_mode(backend, precision)
-    assert named in str(info.value) and "\n" not in str(info.value)
-
-
 @pytest.mark.parametrize("backend", ["torch", "openvino"])
 def test_bf16_refused_without_cpu_support(backend, monkeypatch):
-    monkeypatch.setattr(scorer_mod, "cpu_flags", lambda path="/proc/cpuinfo": {"avx2", "avx512f"})
-    monkeypatch.setattr(scorer_mod, "_missing_modules", lambda backend, precision: [])
+    monkeypatch.setattr(cpu_mod, "cpu_flags", lambda path="/proc/cpuinfo": {"avx2", "avx512f"})
+    monkeypatch.setattr(backends, "_missing_modules", lambda backend, precision: [])
     with pytest.raises(ScorerError, match="RERANKER_PRECISION=bf16 needs a CPU with AVX512-BF16"):
         make("unused", backend=backend, precision="bf16")  # refused before any model is loaded
     check_mode(backend, "bf16", flags={"avx512_bf16"})
     check_mode(backend, "bf16", flags={"amx_bf16"})
-
-
-def test_cpu_flags_read_from_cpuinfo(tmp_path):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n\nprocessor\t: 1\n")
-    assert scorer_mod.cpu_flags(str(cpuinfo)) >= {"avx512_bf16", "avx512_vnni"}
-    assert scorer_mod.cpu_flags(str(tmp_path / "missing")) == set()
 
 
 @pytest.mark.parametrize("backend,extra", [("onnx", "onnx"), ("openvino", "openvino")])
@@ -264,7 +219,7 @@ def test_onnx_fp32_equals_predict_and_int8_drifts_boundedly(conditioned_model, e
     pytest.importorskip("onnx")
     exact = make(conditioned_model, backend="onnx", export_dir=export_dir)
     assert exact.info["backend"] == "onnx" and exact.info["export"].endswith("onnx/model.onnx")
-    session_threads = exact._forward.__self__.session.get_session_options().intra_op_num_threads
+    session_threads = exact.runtime.session.get_session_options().intra_op_num_threads
     assert session_threads == 1
     pairs = pairs_for(7, 30)
     expected = reference(conditioned_model, pairs)
@@ -288,7 +243,7 @@ def test_exported_tokenization_equals_crossencoders(conditioned_model, export_di
         settings = Settings(model=str(conditioned_model), backend="onnx", num_threads=1, max_length=max_length,
                             export_dir=str(export_dir))
         exported = CrossEncoderScorer(settings)
-        want, got = ce.preprocess(pairs), exported._tokenize(pairs)
+        want, got = ce.preprocess(pairs), exported.runtime.tokenize(pairs)
         assert exported.info["max_length"] == ce.max_seq_length
         for name in ("input_ids", "attention_mask"):
             assert got[name].tolist() == want[name].tolist()
@@ -298,7 +253,7 @@ def test_exported_tokenization_equals_crossencoders(conditioned_model, export_di
 def test_openvino_modes(conditioned_model, export_dir, one_thread):
     pytest.importorskip("openvino")
     exact = make(conditioned_model, backend="openvino", export_dir=export_dir)
-    compiled = exact._forward.__self__.compiled
+    compiled = exact.runtime.compiled
     assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
     if len(os.sched_getaffinity(0)) > 1:
         assert compiled.get_property("ENABLE_CPU_PINNING") is False
@@ -310,16 +265,6 @@ def test_openvino_modes(conditioned_model, export_dir, one_thread):
     for precision in fast:
         got = make(conditioned_model, backend="openvino", precision=precision, export_dir=export_dir).score(pairs)
         assert np.abs(got - expected).max() < 0.3 and agreement(expected, got) > 0.8, precision
-
-
-def test_openvino_pins_threads_only_where_they_cover_the_cores():
-    from worker.backends.openvino import cpu_config
-
-    # Two 1-thread workers on 2 cores: pinned, both would sit on core 0.
-    assert cpu_config("fp32", 1, bf16=True, cores=2)["ENABLE_CPU_PINNING"] is False
-    assert cpu_config("fp32", 2, bf16=True, cores=2)["ENABLE_CPU_PINNING"] is True
-    assert cpu_config("int8", 2, bf16=False, cores=2)["INFERENCE_PRECISION_HINT"] == "f32"
-    assert cpu_config("int8", 2, bf16=True, cores=2)["INFERENCE_PRECISION_HINT"] == "bf16"
 
 
 def importlib_available(name: str) -> bool:

@@ -11,7 +11,8 @@ import time
 from shared.settings import load_or_exit
 
 from .loop import Worker
-from .scorer import ScorerError, load_scorer
+from .runtime import ScorerError
+from .scorer import load_scorer
 
 log = logging.getLogger("reranker.worker")
 

@@ -5,7 +5,7 @@ relative-position table (2 x position_buckets rows, 512 for mxbai-rerank) throug
 and key projections on every forward pass, whatever the batch holds: 24 GEMMs of 512 x 768 x 768 on
 mxbai-rerank-base, ~14.5 GFLOP a pass, as much as ~85 tokens of real work. At inference the table
 and the weights are constants, so each projection is computed the first time and then reused. It is
-the same operation on the same values, so the scores are bit-identical (tests/test_scorer.py).
+the same operation on the same values, so the scores are bit-identical (tests/test_relpos.py).
 
 `memoize_relative_positions(model)` patches a model in place (after any quantization) and returns
 the wrappers, whose `hits` count the reuses; on a model without this structure it does nothing.

@@ -70,7 +70,8 @@ class Predict:
     """The reference: CrossEncoder.predict as the original service called it."""
 
     def __init__(self, model: str, threads: int, batch_size: int = 32) -> None:
-        from worker.scorer import load_cross_encoder, set_threads
+        from worker.cpu import set_threads
+        from worker.loading import load_cross_encoder
 
         set_threads(threads)
         self.model = load_cross_encoder(model, None)
@@ -84,7 +85,8 @@ class Predict:
 
 def load_mode(spec: str, model: str, threads: int, export_dir: str | None):
     from shared.settings import Settings
-    from worker.scorer import CrossEncoderScorer, ScorerError
+    from worker.runtime import ScorerError
+    from worker.scorer import CrossEncoderScorer
 
     if spec == "predict":
         return Predict(model, threads)

@@ -26,7 +26,13 @@ import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from ..loading import load_cross_encoder, load_failure
+from ..runtime import ScorerError
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 FORMAT = 1
 META = "meta.json"
@@ -119,8 +125,6 @@ class Export:
 
     def source(self):
         if self._source is None:
-            from ..scorer import load_cross_encoder
-
             self._source = load_cross_encoder(self.model, None)
         return self._source
 
@@ -177,7 +181,12 @@ def _companions(tmp: Path) -> list[Path]:
 
 
 class Tokenized:
-    """Tokenizer and activation for an exported model, set up exactly as the CrossEncoder had them."""
+    """Tokenizer and activation for an exported model, set up exactly as the CrossEncoder had them.
+
+    The runtime that extends it sets `path`, the exported file it runs.
+    """
+
+    path: Path
 
     def __init__(self, root: Path, meta: dict, max_length: int | None) -> None:
         from sentence_transformers.util import import_from_string
@@ -191,12 +200,25 @@ class Tokenized:
         self.num_labels = meta.get("num_labels", 1)
         path = meta["activation"]
         if not path.startswith("torch."):
-            from ..scorer import ScorerError
-
             raise ScorerError(f"RERANKER_MODEL's activation {path} is not a torch module; "
                               "use RERANKER_BACKEND=torch for this model")
         self.activation = import_from_string(path)()
 
+    @property
+    def info(self) -> dict[str, Any]:
+        return {"export": str(self.path)}
+
     def tokenize(self, pairs: list[tuple[str, str]]) -> dict[str, Any]:
         # What sentence-transformers' Transformer.preprocess does for text pairs.
         return dict(self.tokenizer(pairs, padding=True, truncation="longest_first", return_tensors="pt"))
+
+
+def load_exported(runtime: Callable[..., Tokenized], settings: Settings) -> Tokenized:
+    """`runtime` on the model's export cache; an export or load failure becomes one line with its cause."""
+    root = export_root(settings.model, settings.export_dir)
+    try:
+        return runtime(settings.model, root, settings.precision, settings.num_threads, settings.max_length)
+    except ScorerError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - export/load failures: one line, with the cause
+        raise load_failure(settings.model, exc) from exc

@@ -4,9 +4,12 @@ uint8 activations quantized per batch), with intra-op threads = NUM_THREADS."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .export import Export, Tokenized
+from .export import Export, Tokenized, load_exported
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 FILES = {"fp32": "onnx/model.onnx", "int8": "onnx/model_qint8_avx512_vnni.onnx"}
 OPSET = 17
@@ -37,6 +40,10 @@ class OnnxModel(Tokenized):
 
         feeds = {name: features[name].numpy() for name in self.inputs}
         return torch.from_numpy(self.session.run([self.output], feeds)[0])
+
+
+def load(settings: Settings) -> OnnxModel:
+    return load_exported(OnnxModel, settings)
 
 
 def export_onnx(export: Export, tmp: Path) -> None:

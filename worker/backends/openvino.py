@@ -8,11 +8,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .export import Export, Tokenized
+from ..cpu import bf16_supported, usable_cpus
+from .export import Export, Tokenized, load_exported
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 FILES = {"fp32": "openvino/openvino_model.xml", "int8": "openvino/openvino_model_int8.xml"}
 
@@ -24,7 +27,7 @@ def cpu_config(precision: str, num_threads: int, bf16: bool, cores: int | None =
     1-thread workers on one host would then share one core and leave the other idle (measured: half
     the throughput). Pinning stays on only where this worker's threads cover every core it may use.
     """
-    cores = cores or len(os.sched_getaffinity(0))
+    cores = cores or usable_cpus()
     return {
         "INFERENCE_NUM_THREADS": num_threads,
         "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16", "int8": "bf16" if bf16 else "f32"}[precision],
@@ -37,8 +40,6 @@ def cpu_config(precision: str, num_threads: int, bf16: bool, cores: int | None =
 class OpenVINOModel(Tokenized):
     def __init__(self, model: str, root: Path, precision: str, num_threads: int, max_length: int | None) -> None:
         import openvino as ov
-
-        from ..scorer import bf16_supported
 
         export = Export(model, root)
         fp32 = export.artifact(FILES["fp32"], lambda tmp: export_openvino(export, tmp))
@@ -54,6 +55,10 @@ class OpenVINOModel(Tokenized):
 
         self.request.infer({name: features[name].numpy() for name in self.inputs})
         return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+
+
+def load(settings: Settings) -> OpenVINOModel:
+    return load_exported(OpenVINOModel, settings)
 
 
 def export_openvino(export: Export, tmp: Path) -> None:

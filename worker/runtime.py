@@ -1,0 +1,40 @@
+"""What a backend hands the scorer: a model that tokenizes pairs and turns them into logits.
+
+Every backend (worker/backends/) loads one `Runtime`; `CrossEncoderScorer` does the rest (batches,
+activation, order) the same way for all of them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+
+if TYPE_CHECKING:
+    import torch
+
+Pairs = Sequence[tuple[str, str]]
+
+
+class ScorerError(RuntimeError):
+    """The scorer cannot start; the message says what to change."""
+
+
+class Runtime(Protocol):
+    num_labels: int
+    activation: Callable[[torch.Tensor], torch.Tensor]
+    """Applied to the logits as CrossEncoder.predict applies its activation_fn (sigmoid for one label)."""
+    max_length: int
+    padding_side: str
+    """Which end of a row holds the padding ("left" or "right"), so that a batch can cut it off."""
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What this runtime adds to the scorer's info (e.g. the exported file it runs)."""
+        ...
+
+    def tokenize(self, pairs: list[tuple[str, str]]) -> dict[str, Any]:
+        """Tensors for the whole request, padded to its longest pair, exactly as predict tokenizes."""
+        ...
+
+    def forward(self, features: dict[str, Any]) -> torch.Tensor:
+        """Logits, one row per pair, for tensors cut from `tokenize`'s output."""
+        ...

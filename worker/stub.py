@@ -1,0 +1,36 @@
+"""The stub backend (RERANKER_BACKEND=stub): for tests and demos only, never the default."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+
+from shared.settings import Settings
+
+from .runtime import Pairs
+
+_WORD = re.compile(r"\w+")
+
+
+class StubScorer:
+    """Test/demo backend: the share of the query's words found in the sentence.
+
+    Deterministic, so ordering is checkable; `delay_ms` per pair simulates compute.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.delay = settings.stub_delay_ms / 1000.0
+        self.info = {"model": "stub", "backend": "stub", "precision": "none", "threads": 1}
+
+    def score(self, pairs: Pairs) -> np.ndarray:
+        if self.delay:
+            time.sleep(self.delay * len(pairs))
+        return np.array([stub_score(q, s) for q, s in pairs], dtype=np.float32)
+
+
+def stub_score(query: str, sentence: str) -> float:
+    q = set(_WORD.findall(query.lower()))
+    s = set(_WORD.findall(sentence.lower()))
+    return len(q & s) / len(q) if q else 0.0
