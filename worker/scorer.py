@@ -5,7 +5,7 @@
 - torch fp32 (the default) is exact: its scores equal `CrossEncoder.predict`'s default output
   (sigmoid for one label) within float noise (< 1e-5), in the same order.
 - torch bf16 / int8, onnx fp32 / int8 and openvino fp32 / bf16 / int8 are the fast modes; their drift
-  and speed are measured by `python -m worker.scorer_drift` and written up in docs/precision.md. onnx and
+  and speed are measured by `python -m benchmarks.drift` and written up in docs/precision.md. onnx and
   openvino are optional extras (`pip install '.[onnx]'`, `'.[openvino]'`). They run a graph exported
   once from the torch model and cached (worker/backends/export.py).
 - The stub is for tests and demos only and is never the default (worker/stub.py).

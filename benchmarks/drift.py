@@ -1,7 +1,7 @@
 """Measure each scorer mode against exact CrossEncoder.predict (torch fp32): drift, order agreement, speed.
 
-    python -m worker.scorer_drift --build mxbai-base            # all modes this install can run
-    python -m worker.scorer_drift --model DIR --modes torch:fp32,torch:bf16 --threads 2 --rounds 7
+    python -m benchmarks.drift --build mxbai-base        # all modes this install can run
+    python -m benchmarks.drift --model DIR --modes torch:fp32,torch:bf16 --threads 2 --rounds 7
 
 Modes are `backend:precision[:batch_size[:batch_tokens]]`, plus `predict`: plain
 `CrossEncoder.predict(batch_size=32)` in fp32, the reference for both drift and speed. All modes are
