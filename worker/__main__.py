@@ -10,7 +10,7 @@ import time
 
 from shared.settings import load_or_exit
 
-from .loop import Worker
+from .loop import WorkerLoop
 from .runtime import ScorerError
 from .scorer import load_scorer
 
@@ -30,7 +30,7 @@ def main() -> None:
         raise SystemExit(3) from None
     scorer.score(WARMUP)
     log.info("scorer %s loaded and warmed up in %.1f s", scorer.info, time.monotonic() - started)
-    worker = Worker(settings, scorer)
+    worker = WorkerLoop(settings, scorer)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
     worker.run()

@@ -32,7 +32,7 @@ log = logging.getLogger("reranker.worker")
 BACKOFF_MIN, BACKOFF_MAX = 1.0, 32.0
 
 
-class Worker:
+class WorkerLoop:
     def __init__(self, settings: Settings, scorer: Scorer, context: zmq.Context | None = None) -> None:
         self.settings = settings
         self.scorer = scorer
