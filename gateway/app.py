@@ -17,7 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.schemas import RerankRequest, RerankResponse, render_results
+from .schemas import RerankRequest, RerankResponse, render_results
 from shared.settings import Settings
 
 from .client import BrokerClient, ServiceError

@@ -21,7 +21,7 @@ from fastapi.encoders import jsonable_encoder
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shared.schemas import RerankRequest
+from .schemas import RerankRequest
 
 Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
 

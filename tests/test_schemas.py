@@ -3,7 +3,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from shared.schemas import RerankRequest, render_results
+from gateway.schemas import RerankRequest, render_results
 
 
 def original(ids, scores):
