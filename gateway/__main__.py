@@ -11,7 +11,7 @@ from gunicorn.app.base import BaseApplication
 
 from shared.settings import Settings, load_or_exit
 
-from .app import create_app
+from .app import build_app
 from .broker import run_broker
 
 log = logging.getLogger("reranker.gateway")
@@ -75,8 +75,8 @@ class GatewayServer(BaseApplication):
             self.cfg.set("control_socket_disable", True)
 
     def load(self):
-        # Runs in each worker after fork: the app and its broker socket are made there.
-        return create_app(self.settings)
+        # Runs in each worker after fork: the app is made there, its broker socket in its lifespan.
+        return build_app(self.settings)
 
 
 def main() -> None:

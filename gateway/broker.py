@@ -132,7 +132,8 @@ class Broker:
             try:
                 query, sentences = p.decode_request_body(msg.args[1])
             except p.ProtocolError as exc:
-                self._send(self.frontend, identity, p.encode(p.FAIL, rid, b"400", str(exc).encode()))
+                self._send(self.frontend, identity,
+                           p.encode(p.FAIL, rid, p.encode_kind(p.ErrorKind.BAD_REQUEST), str(exc).encode()))
                 return
             self.scheduler.submit(identity, rid, query, sentences, now)
         elif msg.kind == p.STATUS:
@@ -156,7 +157,7 @@ class Broker:
                 self._send(self.frontend, action.client, p.encode(p.REPLY, action.rid, p.encode_scores(action.scores)))
             elif isinstance(action, Fail):
                 self._send(self.frontend, action.client,
-                           p.encode(p.FAIL, action.rid, p.encode_status_code(action.status), action.message.encode()))
+                           p.encode(p.FAIL, action.rid, p.encode_kind(action.kind), action.message.encode()))
             elif isinstance(action, Disconnect):
                 self._send(self.backend, action.worker, p.encode(p.DISCONNECT))
 

@@ -1,14 +1,16 @@
 """A gateway process's asyncio connection to the broker.
 
-One DEALER socket per process, made after fork (in the app's lifespan). Many
-requests share it: each carries a request id, and one reader task resolves the
-waiting future when the broker answers.
+One DEALER socket per process, made by start() in the app's lifespan, i.e.
+after gunicorn has forked. Many requests share it: each carries a request id,
+and one reader task resolves the waiting future when the broker answers.
+Failures are raised as ServiceErrors of a kind (shared.protocol.ErrorKind).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 
 import numpy as np
@@ -16,33 +18,32 @@ import zmq
 import zmq.asyncio
 
 from shared import protocol as p
+from shared.protocol import ErrorKind
 from shared.settings import Settings
 
+from .errors import ServiceError
 
-class ServiceError(Exception):
-    """A request the service could not score; `status` is the HTTP status to answer."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+log = logging.getLogger("reranker.gateway")
 
 
 class BrokerClient:
-    def __init__(self, settings: Settings, context: zmq.asyncio.Context | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.context = context or zmq.asyncio.Context()
-        self._own_context = context is None
-        self.socket = self.context.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(zmq.MAXMSGSIZE, settings.max_message_bytes)
-        self.socket.connect(settings.frontend_url)
+        self.context: zmq.asyncio.Context | None = None
+        self.socket: zmq.asyncio.Socket | None = None
         self._ids = itertools.count(1)
-        self._prefix = b"%x:" % os.getpid()
+        self._prefix = b""
         self._waiting: dict[bytes, asyncio.Future] = {}
         self._reader: asyncio.Task | None = None
 
     async def start(self) -> None:
+        """Connect; call in the process and event loop that will use the client (after fork)."""
+        self.context = zmq.asyncio.Context()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_bytes)
+        self.socket.connect(self.settings.frontend_url)
+        self._prefix = b"%x:" % os.getpid()
         self._reader = asyncio.create_task(self._read(), name="broker-reader")
 
     async def close(self) -> None:
@@ -54,26 +55,32 @@ class BrokerClient:
                 pass
         for fut in self._waiting.values():
             if not fut.done():
-                fut.set_exception(ServiceError(503, "gateway is shutting down"))
-        self.socket.close(0)
-        if self._own_context:
+                fut.set_exception(ServiceError(ErrorKind.SHUTTING_DOWN, "gateway is shutting down"))
+        if self.socket is not None:
+            self.socket.close(0)
             self.context.term()
 
     async def rerank(self, query: str, sentences: list[str]) -> np.ndarray:
         """Scores for (query, sentence) pairs, in the sentences' order."""
         msg = await self._call(p.REQUEST, p.encode_request_body(query, sentences),
                                timeout=self.settings.request_timeout + 1.0)
-        if msg.kind == p.REPLY:
+        if msg.kind not in (p.REPLY, p.FAIL):
+            raise ServiceError(ErrorKind.BAD_REPLY, f"unexpected {msg.name} from the broker")
+        try:
+            if msg.kind == p.FAIL:
+                raise ServiceError(p.decode_kind(msg.args[1]), msg.args[2].decode("utf-8", "replace"))
             return p.decode_scores(msg.args[1], expected=len(sentences))
-        if msg.kind == p.FAIL:
-            raise ServiceError(p.decode_status_code(msg.args[1]), msg.args[2].decode("utf-8", "replace"))
-        raise ServiceError(502, f"unexpected {msg.name} from the broker")
+        except p.ProtocolError as exc:
+            raise ServiceError(ErrorKind.BAD_REPLY, f"malformed {msg.name} from the broker: {exc}") from None
 
     async def status(self, timeout: float = 1.0) -> dict:
         msg = await self._call(p.STATUS, timeout=timeout)
         if msg.kind != p.STATUS or len(msg.args) != 2:
-            raise ServiceError(502, f"unexpected {msg.name} from the broker")
-        return p.decode_json_object(msg.args[1], "STATUS body")
+            raise ServiceError(ErrorKind.BAD_REPLY, f"unexpected {msg.name} from the broker")
+        try:
+            return p.decode_json_object(msg.args[1], "STATUS body")
+        except p.ProtocolError as exc:
+            raise ServiceError(ErrorKind.BAD_REPLY, str(exc)) from None
 
     async def _call(self, kind: bytes, *args: bytes, timeout: float) -> p.Message:
         rid = self._prefix + b"%d" % next(self._ids)
@@ -83,7 +90,7 @@ class BrokerClient:
             # The send is inside the timeout too: a DEALER with no broker connected blocks on send.
             return await asyncio.wait_for(self._send_and_wait(p.encode(kind, rid, *args), fut), timeout)
         except asyncio.TimeoutError:
-            raise ServiceError(504, f"the broker did not answer within {timeout:g} s") from None
+            raise ServiceError(ErrorKind.TIMEOUT, f"the broker did not answer within {timeout:g} s") from None
         finally:
             self._waiting.pop(rid, None)
 
@@ -96,9 +103,11 @@ class BrokerClient:
             frames = await self.socket.recv_multipart()
             try:
                 msg = p.decode(frames)
-            except p.ProtocolError:
+            except p.ProtocolError as exc:
+                log.warning("dropped a malformed message from the broker: %s", exc)
                 continue
-            if not msg.args:
+            if not msg.args:  # every answer names its request first
+                log.warning("dropped an unexpected %s from the broker", msg.name)
                 continue
             fut = self._waiting.get(msg.args[0])
             if fut is not None and not fut.done():

@@ -11,8 +11,9 @@ out as actions in `outbox`, which the broker loop drains and puts on the wire.
   independent per pair, so the merged result equals the unsplit one.
 - A worker that is silent past its expiry is purged; the pieces of its job go
   back to the head of the FIFO, at most `max_retries` times each.
-- A request that is past its deadline fails with 504; one that waits while no
-  worker is connected fails with 503 after `no_worker_grace`.
+- A request that is past its deadline fails (TIMEOUT); one that waits while no
+  worker is connected fails (NO_WORKER) after `no_worker_grace`. Failures are
+  ErrorKinds; what they mean in HTTP is the gateway's business (gateway/errors.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Union
 
 import numpy as np
+
+from shared.protocol import ErrorKind
 
 
 @dataclass
@@ -65,7 +68,7 @@ class Job:
 
 
 @dataclass
-class Worker:
+class WorkerState:
     identity: bytes
     info: dict
     expiry: float
@@ -93,7 +96,7 @@ class Reply:
 class Fail:
     client: bytes
     rid: bytes
-    status: int
+    kind: ErrorKind
     message: str
 
 
@@ -115,7 +118,7 @@ class Scheduler:
         self.min_split_pairs = min(min_split_pairs, max_batch_pairs)
         self.max_retries = max_retries
         self.max_queued = max_queued
-        self.workers: dict[bytes, Worker] = {}
+        self.workers: dict[bytes, WorkerState] = {}
         self.idle: OrderedDict[bytes, None] = OrderedDict()  # longest idle first
         self.queue: deque[Piece] = deque()
         self.requests: dict[tuple[bytes, bytes], Request] = {}
@@ -148,7 +151,7 @@ class Scheduler:
     def worker_ready(self, identity: bytes, info: dict, now: float) -> None:
         if identity in self.workers:  # re-announced: whatever it held is lost
             self.worker_gone(identity, now)
-        self.workers[identity] = Worker(identity, info, now + self.heartbeat_expiry)
+        self.workers[identity] = WorkerState(identity, info, now + self.heartbeat_expiry)
         self.idle[identity] = None
         self.dispatch(now)
 
@@ -179,7 +182,7 @@ class Scheduler:
             return
         expected = sum(p.size for p in job.pieces)
         if scores.shape[0] != expected:
-            self._fail_job(job, 502, f"worker returned {scores.shape[0]} scores for {expected} pairs")
+            self._fail_job(job, ErrorKind.BAD_REPLY, f"worker returned {scores.shape[0]} scores for {expected} pairs")
         else:
             offset = 0
             for piece in job.pieces:
@@ -196,14 +199,15 @@ class Scheduler:
     def job_failed(self, identity: bytes, job_id: bytes, message: str, now: float) -> None:
         job = self._finish_job(identity, job_id, now)
         if job is not None:
-            self._fail_job(job, 500, f"worker failed to score: {message}")
+            self._fail_job(job, ErrorKind.WORKER_FAILED, f"worker failed to score: {message}")
         self.dispatch(now)
 
     # -- requests ---------------------------------------------------------
     def submit(self, client: bytes, rid: bytes, query: str, sentences: list[str], now: float) -> None:
         if len(self.requests) >= self.max_queued:
             self.stats["failed"] += 1
-            self.outbox.append(Fail(client, rid, 429, f"too many requests in flight (limit {self.max_queued}); retry later"))
+            self.outbox.append(Fail(client, rid, ErrorKind.OVERLOADED,
+                                    f"too many requests in flight (limit {self.max_queued}); retry later"))
             return
         req = Request(client, rid, query, sentences, now, now + self.request_timeout)
         self.stats["requests"] += 1
@@ -223,14 +227,15 @@ class Scheduler:
         for req in [r for r in self.requests.values() if r.deadline <= now]:
             self._close(req)
             self.stats["failed"] += 1
-            self.outbox.append(Fail(req.client, req.rid, 504,
+            self.outbox.append(Fail(req.client, req.rid, ErrorKind.TIMEOUT,
                                     f"request not scored within {self.request_timeout:g} s"))
         if not self.workers:
             for req in [r for r in self.requests.values()
                         if now >= max(r.received, self.no_workers_since) + self.no_worker_grace]:
                 self._close(req)
                 self.stats["failed"] += 1
-                self.outbox.append(Fail(req.client, req.rid, 503, "no worker is available to score this request"))
+                self.outbox.append(Fail(req.client, req.rid, ErrorKind.NO_WORKER,
+                                        "no worker is available to score this request"))
         if self.queue and self.queue[0].request.done:
             self._drop_closed_pieces()
 
@@ -309,18 +314,18 @@ class Scheduler:
             if piece.attempts > self.max_retries:
                 self._close(piece.request)
                 self.stats["failed"] += 1
-                self.outbox.append(Fail(piece.request.client, piece.request.rid, 503,
+                self.outbox.append(Fail(piece.request.client, piece.request.rid, ErrorKind.WORKERS_LOST,
                                         f"workers died while scoring this request ({piece.attempts} times)"))
             else:
                 self.stats["redispatched"] += 1
                 self.queue.appendleft(piece)
 
-    def _fail_job(self, job: Job, status: int, message: str) -> None:
+    def _fail_job(self, job: Job, kind: ErrorKind, message: str) -> None:
         for piece in job.pieces:
             if not piece.request.done:
                 self._close(piece.request)
                 self.stats["failed"] += 1
-                self.outbox.append(Fail(piece.request.client, piece.request.rid, status, message))
+                self.outbox.append(Fail(piece.request.client, piece.request.rid, kind, message))
 
     def _close(self, req: Request) -> None:
         req.done = True

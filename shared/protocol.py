@@ -11,7 +11,7 @@ only the frames after it. Every message is:
 Gateway process (client) <-> broker frontend
     REQUEST   c->b  request_id, body      body: orjson {"query": str, "sentences": [str]}
     REPLY     b->c  request_id, scores    scores: little-endian float32, one per sentence
-    FAIL      b->c  request_id, status, message   status: HTTP status as ASCII digits
+    FAIL      b->c  request_id, kind, message     kind: an ErrorKind's ASCII name, e.g. b"overloaded"
     STATUS    c->b  request_id            asks for the pool's state
     STATUS    b->c  request_id, body      body: orjson {"workers", "idle", "queued", "running"}
 
@@ -29,6 +29,7 @@ Only JSON and raw float32 travel: never pickle. All functions are pure.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -58,6 +59,29 @@ ARITY = {
     RESULT: (2,), ERROR: (2,), HEARTBEAT: (0,), DISCONNECT: (0,),
 }
 SCORE_DTYPE = np.dtype("<f4")
+
+
+class ErrorKind(enum.Enum):
+    """What went wrong with a request. The broker sends the first group in FAIL (the gateway meets
+    TIMEOUT and BAD_REPLY on its own side too); only the gateway meets the second. Kinds, not HTTP
+    statuses: gateway/errors.py maps each to its HTTP answer."""
+
+    # sent by the broker
+    OVERLOADED = "overloaded"        # too many requests in flight
+    NO_WORKER = "no_worker"          # no worker connected within the grace period
+    WORKERS_LOST = "workers_lost"    # workers died while scoring it, more often than the retries allow
+    TIMEOUT = "timeout"              # not answered within the request timeout
+    WORKER_FAILED = "worker_failed"  # the worker's scorer raised
+    BAD_REPLY = "bad_reply"          # an answer that does not fit the question (a worker's or the broker's)
+    BAD_REQUEST = "bad_request"      # a REQUEST the broker could not read
+    # met in the gateway
+    INVALID_REQUEST = "invalid_request"  # the HTTP body does not follow the request schema
+    TOO_LARGE = "too_large"              # over a size limit (body, sentences, characters)
+    NOT_READY = "not_ready"              # a readiness check the broker did not answer
+    SHUTTING_DOWN = "shutting_down"      # the gateway process is stopping
+
+
+_KINDS = {kind.value.encode("ascii"): kind for kind in ErrorKind}
 
 
 class ProtocolError(ValueError):
@@ -156,11 +180,12 @@ def decode_json_object(raw: bytes, what: str) -> dict:
     return body
 
 
-def encode_status_code(status: int) -> bytes:
-    return str(int(status)).encode()
+def encode_kind(kind: ErrorKind) -> bytes:
+    return kind.value.encode("ascii")
 
 
-def decode_status_code(raw: bytes) -> int:
-    if not (raw.isdigit() and len(raw) == 3):
-        raise ProtocolError(f"status {raw!r} is not a 3-digit HTTP status")
-    return int(raw)
+def decode_kind(raw: bytes) -> ErrorKind:
+    try:
+        return _KINDS[raw]
+    except KeyError:
+        raise ProtocolError(f"unknown error kind {raw!r}") from None

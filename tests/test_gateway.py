@@ -87,43 +87,80 @@ def test_malformed_json_gets_422(stub_service):
 
 
 BROWSER = {"Origin": "https://search.example"}  # a request with an Origin goes through the full FastAPI stack
+JSON = {"content-type": "application/json"}
 
 
-@pytest.mark.parametrize("content", [
-    orjson.dumps({"query": QUERY, "sentences": SENTENCES, "ids": [1, 2, 3, 4, 5, 6]}),
-    orjson.dumps({"query": "q", "sentences": [], "ids": []}),
-    b'{"query": "q", "sentences": ["a", "b"], "ids": [1]}',
-    b'{"query": "q", "sentences": ["a"], "ids": [1.0]}',
-    b'{"query": "q", "sentences": ["a"], "ids": [18446744073709551616]}',
-    b'{"query": "q", "sentences": ["a"]}',
-    b'{"query": "q", "sentences": [null], "ids": [1]}',
-    b'["q", ["a"], [1]]',
-    b'{"query": "q", "sentences": ["a"], "ids": [1], "extra": true}',
-    b'{"query": "q", "sentences": [',
-    orjson.dumps({"query": "q", "sentences": ["s"] * 51, "ids": list(range(51))}),
-])
-def test_fast_path_answers_as_the_fastapi_route_does(stub_service, content):
-    headers = {"content-type": "application/json"}
-    fast = stub_service.http.post("/rerank", content=content, headers=headers)
-    full = stub_service.http.post("/rerank", content=content, headers={**headers, **BROWSER})
+def post_both_ways(svc, content, headers=JSON):
+    """The same request through the fast path and through the FastAPI route; `content` may be a list
+    of chunks (sent chunked)."""
+    def body():
+        return iter(content) if isinstance(content, list) else content
+    fast = svc.http.post("/rerank", content=body(), headers=headers)
+    full = svc.http.post("/rerank", content=body(), headers={**headers, **BROWSER})
+    return fast, full
+
+
+def assert_same_answer(fast, full):
     assert full.headers["access-control-allow-origin"] in ("*", BROWSER["Origin"])
     assert "access-control-allow-origin" not in fast.headers
     assert (fast.status_code, fast.content) == (full.status_code, full.content)
-    assert fast.headers["content-type"] == full.headers["content-type"] == "application/json"
+    for header in ("content-type", "retry-after"):
+        assert fast.headers.get(header) == full.headers.get(header), header
+    assert fast.headers["content-type"] == "application/json"
 
 
-def test_lone_surrogates_get_422_both_ways_in(stub_service):
-    content = b'{"query": "q", "sentences": ["\\ud800"], "ids": [1]}'
-    headers = {"content-type": "application/json"}
-    for extra in ({}, BROWSER):
-        r = stub_service.http.post("/rerank", content=content, headers={**headers, **extra})
-        assert r.status_code == 422, r.text
+@pytest.mark.parametrize("content, headers, status", [
+    pytest.param(orjson.dumps({"query": QUERY, "sentences": SENTENCES, "ids": [1, 2, 3, 4, 5, 6]}), JSON, 200,
+                 id="w6"),
+    pytest.param(orjson.dumps({"query": "q", "sentences": [], "ids": []}), JSON, 200, id="empty"),
+    pytest.param(b'{"query": "q", "sentences": ["a"], "ids": [1]}', {}, 200, id="no-content-type"),
+    pytest.param(b'{"query": "q", "sentences": ["a"], "ids": [1], "extra": true}', JSON, 200, id="extra-field"),
+    pytest.param(b'\xef\xbb\xbf{"query": "q", "sentences": ["a"], "ids": [1]}', JSON, 200, id="bom"),
+    # 422: the request model refuses it
+    pytest.param(b'{"query": "q", "sentences": ["a", "b"], "ids": [1]}', JSON, 422, id="ids-short"),
+    pytest.param(b'{"query": "q", "sentences": ["a"], "ids": [1.0]}', JSON, 422, id="id-float"),
+    pytest.param(b'{"query": "q", "sentences": ["a"], "ids": [18446744073709551616]}', JSON, 422,
+                 id="id-over-64-bits"),
+    pytest.param(b'{"query": "q", "sentences": ["a"], "ids": [NaN]}', JSON, 422, id="id-nan"),
+    pytest.param(b'{"query": "q", "sentences": ["a"], "ids": [1e400]}', JSON, 422, id="id-inf"),
+    pytest.param(b'{"query": "q", "sentences": ["a"]}', JSON, 422, id="ids-missing"),
+    pytest.param(b'{"query": "q", "sentences": [null], "ids": [1]}', JSON, 422, id="sentence-null"),
+    pytest.param(b'["q", ["a"], [1]]', JSON, 422, id="not-an-object"),
+    pytest.param(b'{"query": "q", "sentences": ["\\ud800"], "ids": [1]}', JSON, 422, id="lone-surrogate"),
+    pytest.param(b'{"query": "\\udfff", "sentences": ["a"], "ids": [1]}', JSON, 422, id="lone-surrogate-query"),
+    # 422: not JSON
+    pytest.param(b'{"query": "q", "sentences": [', JSON, 422, id="truncated"),
+    pytest.param(b'', JSON, 422, id="empty-body"),
+    pytest.param(b'{"query": "q", "sentences": ["a"], "ids": [1]} x', JSON, 422, id="trailing-garbage"),
+    # 400: not UTF-8 text
+    pytest.param(b'{"query": "\xff\xfe", "sentences": [], "ids": []}', JSON, 400, id="not-utf8"),
+    # 413: over a limit
+    pytest.param(orjson.dumps({"query": "q", "sentences": ["s"] * 51, "ids": list(range(51))}), JSON, 413,
+                 id="too-many-sentences"),
+    pytest.param(orjson.dumps({"query": "q", "sentences": ["x" * 501], "ids": [1]}), JSON, 413,
+                 id="sentence-too-long"),
+    pytest.param(orjson.dumps({"query": "q" * 501, "sentences": ["x"], "ids": [1]}), JSON, 413, id="query-too-long"),
+    pytest.param(b" " * 20001, JSON, 413, id="body-too-large"),
+    pytest.param([b" " * 15000, b" " * 15000], JSON, 413, id="chunked-too-large"),
+])
+def test_fast_path_answers_as_the_fastapi_route_does(stub_service, content, headers, status):
+    fast, full = post_both_ways(stub_service, content, headers)
+    assert_same_answer(fast, full)
+    assert fast.status_code == status, fast.text
 
 
-def test_a_body_that_is_not_text_gets_422(stub_service):
+def test_lone_surrogates_get_422_naming_the_field(stub_service):
+    r = stub_service.http.post("/rerank", content=b'{"query": "q", "sentences": ["\\ud800"], "ids": [1]}',
+                               headers=JSON)
+    assert r.status_code == 422
+    (error,) = r.json()["detail"]
+    assert error["loc"] == ["body", "sentences"] and "surrogate" in error["msg"]
+
+
+def test_a_body_that_is_not_text_gets_400_not_500(stub_service):
     r = stub_service.http.post("/rerank", content=b'{"query": "\xff\xfe", "sentences": [], "ids": []}',
-                               headers={"content-type": "application/json"})
-    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+                               headers=JSON)
+    assert r.status_code == 400 and r.json() == {"detail": "There was an error parsing the body"}
 
 
 def test_ids_beyond_64_bits_get_422_not_500(stub_service):
@@ -135,7 +172,7 @@ def test_ids_beyond_64_bits_get_422_not_500(stub_service):
 
 def test_invalid_json_gets_422_without_echoing_the_body(stub_service):
     content = b'{"query": "' + b"x" * 5000 + b'", "sentences": ['
-    r = stub_service.http.post("/rerank", content=content, headers={"content-type": "application/json"})
+    r = stub_service.http.post("/rerank", content=content, headers=JSON)
     assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
     assert len(r.content) < 1000
 
@@ -232,8 +269,9 @@ def test_no_worker_gives_503_fast(service_factory):
     t0 = time.monotonic()
     r = svc.rerank(QUERY, SENTENCES)
     elapsed = time.monotonic() - t0
-    assert r.status_code == 503 and "worker" in r.json()["detail"]
+    assert r.status_code == 503 and "worker" in r.json()["detail"] and r.headers["retry-after"] == "1"
     assert elapsed < 4, elapsed  # grace is 1.5 s: fails fast, never hangs
+    assert_same_answer(*post_both_ways(svc, orjson.dumps({"query": "q", "sentences": ["a"], "ids": [1]})))
 
 
 def test_all_workers_gone_gives_503(service_factory):
@@ -252,6 +290,22 @@ def test_stuck_worker_gives_504_at_the_timeout(service_factory):
     elapsed = time.monotonic() - t0
     assert r.status_code == 504 and "1.5" in r.json()["detail"]
     assert 1.4 < elapsed < 4, elapsed
+
+
+def test_overload_and_timeout_answer_alike_both_ways_in(service_factory):
+    svc = service_factory(RERANKER_MAX_QUEUED="1", RERANKER_REQUEST_TIMEOUT="2")
+    svc.start(workers=1, RERANKER_STUB_DELAY_MS="5000")
+    content = orjson.dumps({"query": "q", "sentences": ["a"], "ids": [1]})
+    with cf.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(svc.rerank, "q", ["a"])  # holds the one place until it times out
+        svc.wait_for(lambda: svc.ready()["running"] == 1, 5, "the first request to be in flight")
+        fast, full = post_both_ways(svc, content)
+        assert pending.result(10).status_code == 504
+    assert fast.status_code == 429 and fast.headers["retry-after"] == "1"
+    assert_same_answer(fast, full)
+    fast, full = post_both_ways(svc, content)  # one at a time: the worker is still stuck
+    assert fast.status_code == 504 and "2 s" in fast.json()["detail"]
+    assert_same_answer(fast, full)
 
 
 def test_queue_limit_gives_429(service_factory):

@@ -60,13 +60,6 @@ def test_scores_of_wrong_size_are_refused():
         p.decode_scores(b"\x00" * 8, expected=3)
 
 
-def test_status_codes():
-    assert p.decode_status_code(p.encode_status_code(504)) == 504
-    for bad in (b"5x4", b"5000", b""):
-        with pytest.raises(p.ProtocolError):
-            p.decode_status_code(bad)
-
-
 def test_json_objects_only():
     assert p.decode_json_object(p.encode_json({"a": 1}), "x") == {"a": 1}
     with pytest.raises(p.ProtocolError, match="READY info must be a JSON object"):

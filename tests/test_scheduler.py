@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from gateway.scheduler import Fail, Reply, Scheduler, SendJob
+from shared.protocol import ErrorKind
 
 
 def make(**kw) -> Scheduler:
@@ -129,11 +130,11 @@ def test_retries_are_bounded():
     s.drain()
     s.worker_gone(b"w2", now=2)  # second loss: past max_retries
     (fail,) = s.drain()
-    assert isinstance(fail, Fail) and fail.status == 503 and "died" in fail.message
+    assert isinstance(fail, Fail) and fail.kind is ErrorKind.WORKERS_LOST and "died" in fail.message
     assert s.status()["queued"] == 0 and not s.requests
 
 
-def test_request_past_its_deadline_gets_504_and_its_late_result_is_dropped():
+def test_request_past_its_deadline_times_out_and_its_late_result_is_dropped():
     s = make(request_timeout=5)
     s.worker_ready(b"w", {}, now=0)
     s.submit(b"c", b"r", "q", sents(2), now=0)
@@ -144,7 +145,7 @@ def test_request_past_its_deadline_gets_504_and_its_late_result_is_dropped():
     assert s.drain() == []
     s.tick(now=5.0)
     (fail,) = s.drain()
-    assert fail.status == 504
+    assert fail.kind is ErrorKind.TIMEOUT
     s.job_done(b"w", job.job_id, scores_for(job), now=6)
     assert s.drain() == [] and list(s.idle) == [b"w"]  # the worker is idle again
 
@@ -157,10 +158,10 @@ def test_no_worker_fails_after_the_grace_period():
     assert s.next_deadline() == 12
     s.tick(now=12)
     (fail,) = s.drain()
-    assert fail.status == 503 and "no worker" in fail.message
+    assert fail.kind is ErrorKind.NO_WORKER and "no worker" in fail.message
 
 
-def test_waiting_for_a_busy_worker_is_not_a_503():
+def test_waiting_for_a_busy_worker_is_not_a_no_worker_failure():
     s = make(no_worker_grace=2)
     s.worker_ready(b"w", {}, now=0)
     s.submit(b"c", b"r1", "q", sents(1), now=0)
@@ -180,15 +181,15 @@ def test_grace_restarts_when_the_last_worker_dies():
     s.tick(now=6.9)
     assert s.drain() == []
     s.tick(now=7)
-    assert [a.status for a in s.drain()] == [503]
+    assert [a.kind for a in s.drain()] == [ErrorKind.NO_WORKER]
 
 
-def test_queue_limit_gives_429():
+def test_queue_limit_fails_as_overloaded():
     s = make(max_queued=2)
     for rid in (b"1", b"2", b"3"):
         s.submit(b"c", rid, "q", sents(1), now=0)
     (fail,) = s.drain()
-    assert fail.rid == b"3" and fail.status == 429
+    assert fail.rid == b"3" and fail.kind is ErrorKind.OVERLOADED
 
 
 def test_empty_request_is_answered_at_once():
@@ -205,17 +206,17 @@ def test_wrong_number_of_scores_fails_the_request():
     (job,) = s.drain()
     s.job_done(b"w", job.job_id, np.zeros(2, np.float32), now=1)
     (fail,) = s.drain()
-    assert fail.status == 502 and "2 scores for 3" in fail.message
+    assert fail.kind is ErrorKind.BAD_REPLY and "2 scores for 3" in fail.message
 
 
-def test_worker_error_fails_the_request_with_500():
+def test_worker_error_fails_the_request():
     s = make()
     s.worker_ready(b"w", {}, now=0)
     s.submit(b"c", b"r", "q", sents(1), now=0)
     (job,) = s.drain()
     s.job_failed(b"w", job.job_id, "RuntimeError: boom", now=1)
     (fail,) = s.drain()
-    assert fail.status == 500 and "boom" in fail.message
+    assert fail.kind is ErrorKind.WORKER_FAILED and "boom" in fail.message
 
 
 def test_unknown_worker_is_not_seen():

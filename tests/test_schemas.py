@@ -1,9 +1,11 @@
+import json
+
 import numpy as np
 import orjson
 import pytest
 from pydantic import ValidationError
 
-from shared.schemas import RerankRequest, render_results
+from gateway.schemas import RerankRequest, render_results
 
 
 def original(ids, scores):
@@ -32,3 +34,21 @@ def test_request_validation():
         RerankRequest(query="q", sentences=["a", "b"], ids=[3])
     with pytest.raises(ValidationError):
         RerankRequest(query="q", sentences=["a"], ids=["3"])
+
+
+@pytest.mark.parametrize("texts", [("\ud800", "a"), ("q", "\udfff"), ("q", "é\ud83d")])
+def test_lone_surrogates_are_refused_parsed_either_way(texts):
+    query, sentence = texts
+    with pytest.raises(ValidationError, match="surrogate"):
+        RerankRequest(query=query, sentences=[sentence], ids=[1])
+    raw = json.dumps({"query": query, "sentences": [sentence], "ids": [1]}).encode()  # "\ud800" escaped
+    with pytest.raises(ValidationError, match="surrogate"):
+        RerankRequest.model_validate(json.loads(raw))  # as FastAPI's route parses
+    with pytest.raises(ValidationError):
+        RerankRequest.model_validate_json(raw)  # pydantic's parser refuses it itself
+
+
+def test_escaped_surrogate_pairs_are_text():
+    raw = b'{"query": "\\ud83d\\ude00", "sentences": ["\xc3\xa9"], "ids": [1]}'
+    for parsed in (RerankRequest.model_validate(json.loads(raw)), RerankRequest.model_validate_json(raw)):
+        assert (parsed.query, parsed.sentences) == ("\U0001f600", ["\u00e9"])

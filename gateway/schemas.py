@@ -7,15 +7,18 @@ Kept byte-compatible with the original service: request
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Sequence
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationInfo, field_validator,
+                      model_validator)
 
 
 # What the response's JSON encoder can write: signed or unsigned 64-bit.
 Id = Annotated[StrictInt, Field(ge=-(2**63), le=2**64 - 1)]
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class RerankRequest(BaseModel):
@@ -32,6 +35,18 @@ class RerankRequest(BaseModel):
     query: StrictStr = Field(description="The search query.")
     sentences: list[StrictStr] = Field(description="Candidate texts to score against the query.")
     ids: list[Id] = Field(description="The caller's id for each sentence, returned with its score.")
+
+    @field_validator("query", "sentences")
+    @classmethod
+    def _valid_unicode(cls, value: str | list[str], info: ValidationInfo) -> str | list[str]:
+        # pydantic's JSON parser refuses lone surrogates itself (json_invalid); stdlib json, which
+        # FastAPI's route parses with, lets "\ud800" through, and no UTF-8 encoder can send it on.
+        if info.mode == "json":
+            return value
+        for text in [value] if isinstance(value, str) else value:
+            if not text.isascii() and _SURROGATE.search(text):
+                raise ValueError("a text is not valid Unicode: it holds a lone surrogate (U+D800..U+DFFF)")
+        return value
 
     @model_validator(mode="after")
     def _same_length(self) -> "RerankRequest":

@@ -1,0 +1,85 @@
+"""Plain-ASGI pieces that both ways into POST /rerank share: the answer, sending it, reading a body
+under a size limit."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from fastapi.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class Answer(NamedTuple):
+    """A JSON answer: status, body, and headers beyond content-type and content-length."""
+    status: int
+    body: bytes
+    headers: list[tuple[bytes, bytes]]
+
+
+async def send_answer(send: Send, answer: Answer) -> None:
+    status, body, headers = answer
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def to_response(answer: Answer) -> Response:
+    """The answer for a FastAPI route."""
+    status, body, headers = answer
+    return Response(body, status, {k.decode("latin-1"): v.decode("latin-1") for k, v in headers},
+                    media_type="application/json")
+
+
+async def read_body(receive: Receive, send: Send, limit: int, too_large: Answer) -> bytes | None:
+    """The whole request body; None once it exceeds `limit` bytes (answered with `too_large`) or the
+    client has gone."""
+    chunks: list[bytes] = []
+    seen = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        seen += len(chunk)
+        if seen > limit:
+            await send_answer(send, too_large)
+            return None
+        if not message.get("more_body", False):
+            return b"".join((*chunks, chunk)) if chunks else chunk
+        chunks.append(chunk)
+
+
+def replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that gives `body` again (already read whole), then whatever comes after it."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def again() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return again
+
+
+class BodyLimit:
+    """Refuse bodies over `limit` bytes with `too_large` (a 413), before they are read whole.
+
+    A declared Content-Length is checked up front (uvicorn holds the client to
+    it); a chunked body is buffered up to the limit and then replayed.
+    """
+
+    def __init__(self, app: ASGIApp, too_large: Answer, limit: int) -> None:
+        self.app = app
+        self.too_large = too_large
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if length is not None:
+            if length.isdigit() and int(length) > self.limit:
+                return await send_answer(send, self.too_large)
+            return await self.app(scope, receive, send)
+        body = await read_body(receive, send, self.limit, self.too_large)
+        if body is None:
+            return
+        await self.app(scope, replay(body, receive), send)

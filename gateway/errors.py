@@ -1,0 +1,116 @@
+"""Every error the gateway answers, in one place: an ErrorKind becomes an HTTP status, headers and body.
+
+Whoever meets a failure (the scheduler, the broker client, the limits, request
+validation) says what kind it is and why, as a ServiceError; only this module
+says what that looks like in HTTP. `RULES` gives the status and whether to send
+Retry-After; a dialect writes the body. `detail_body` is the one POST /rerank
+has always spoken (FastAPI's {"detail": ...}); a route of another API adds its
+dialect here and passes it to `answer`. FastAPI's own errors (404 for an unknown
+path, 405 for a wrong method, 400 for a body it cannot decode) keep FastAPI's
+handler, which writes the same {"detail": ...} body.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+from fastapi import Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+
+from shared.protocol import ErrorKind
+
+from .asgi import Answer, to_response
+
+
+class ServiceError(Exception):
+    """A request the gateway answers with an error: what kind of failure, and a message for the caller.
+
+    `errors` lists what is wrong with an invalid request, field by field (FastAPI's list).
+    """
+
+    def __init__(self, kind: ErrorKind, message: str, errors: list | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Rule:
+    status: int
+    description: str  # for the API docs
+    retry_after: bool = False  # the cause passes by itself: tell the caller when to try again
+
+
+RULES: dict[ErrorKind, Rule] = {
+    ErrorKind.OVERLOADED: Rule(429, "Too many requests in flight", retry_after=True),
+    ErrorKind.NO_WORKER: Rule(503, "No worker available", retry_after=True),
+    ErrorKind.WORKERS_LOST: Rule(503, "Workers died while scoring the request, more often than the retries allow",
+                                 retry_after=True),
+    ErrorKind.TIMEOUT: Rule(504, "Not scored within the request timeout"),
+    ErrorKind.WORKER_FAILED: Rule(500, "A worker failed to score the request"),
+    ErrorKind.BAD_REPLY: Rule(502, "The broker or a worker answered out of protocol"),
+    ErrorKind.BAD_REQUEST: Rule(400, "A request the service could not read"),
+    ErrorKind.INVALID_REQUEST: Rule(422, "Malformed request (the field is named in the message)"),
+    ErrorKind.TOO_LARGE: Rule(413, "Too many sentences, a text too long, or a body too large "
+                                   "(the limit is in the message)"),
+    ErrorKind.NOT_READY: Rule(503, "The broker is not answering"),
+    ErrorKind.SHUTTING_DOWN: Rule(503, "The gateway process is stopping", retry_after=True),
+}
+RETRY_AFTER = (b"retry-after", b"1")  # seconds
+
+
+def openapi_responses(kinds: Iterable[ErrorKind]) -> dict[int, dict]:
+    """The error responses a route can give, for its OpenAPI `responses`."""
+    by_status: dict[int, list[str]] = {}
+    for kind in kinds:
+        by_status.setdefault(RULES[kind].status, []).append(RULES[kind].description)
+    return {status: {"description": "; ".join(texts)} for status, texts in sorted(by_status.items())}
+
+
+# A dialect: the JSON value of an error's body.
+Dialect = Callable[[ServiceError], Any]
+
+
+def detail_body(error: ServiceError) -> Any:
+    """{"detail": message}, or {"detail": [errors]} for an invalid request: FastAPI's form."""
+    return {"detail": error.message if error.errors is None else error.errors}
+
+
+def answer(error: ServiceError, dialect: Dialect = detail_body) -> Answer:
+    rule = RULES[error.kind]
+    return Answer(rule.status, render(dialect(error)), [RETRY_AFTER] if rule.retry_after else [])
+
+
+def render(body: Any) -> bytes:
+    """JSON as FastAPI's JSONResponse writes it (stdlib json: it also writes the >64-bit ints and the
+    floats an invalid request may quote), with two differences where that would fail with a 500:
+    a non-finite number a client sent (stdlib json reads NaN) comes back as null, and a lone
+    surrogate escaped as it came (\\ud800)."""
+    return json.dumps(_finite(body), ensure_ascii=False, allow_nan=False,
+                      separators=(",", ":")).encode("utf-8", "backslashreplace")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def invalid_request(errors: Sequence[dict]) -> ServiceError:
+    """The error for a request body that fails validation; `errors` as pydantic lists them."""
+    return ServiceError(ErrorKind.INVALID_REQUEST, "the request body is not valid", jsonable_encoder(errors))
+
+
+async def request_validation_failed(request: Request, exc: RequestValidationError) -> Response:
+    """FastAPI's handler for invalid requests, replaced so that they too are answered here."""
+    return to_response(answer(invalid_request(exc.errors())))

@@ -1,0 +1,74 @@
+"""The gateway's broker client against a bare ROUTER socket playing the broker."""
+
+import asyncio
+import logging
+
+import numpy as np
+import pytest
+import zmq
+import zmq.asyncio
+
+from gateway.client import BrokerClient
+from gateway.errors import ServiceError
+from shared import protocol as p
+from shared.protocol import ErrorKind
+from shared.settings import Settings
+
+
+def talk(tmp_path, answer):
+    """Send one rerank of two sentences; `answer(rid)` gives the frames the fake broker sends back."""
+    url = f"ipc://{tmp_path}/frontend.ipc"
+
+    async def run():
+        ctx = zmq.asyncio.Context()
+        broker = ctx.socket(zmq.ROUTER)
+        broker.bind(url)
+        client = BrokerClient(Settings.from_mapping({"RERANKER_FRONTEND": url, "RERANKER_REQUEST_TIMEOUT": "2"}))
+        await client.start()
+        try:
+            call = asyncio.create_task(client.rerank("q", ["a", "b"]))
+            identity, *frames = await broker.recv_multipart()
+            for reply in answer(p.decode(frames).args[0]):
+                await broker.send_multipart([identity, *reply])
+            return await call
+        finally:
+            await client.close()
+            broker.close(0)
+            ctx.term()
+
+    return asyncio.run(run())
+
+
+def test_scores_come_back(tmp_path):
+    scores = np.array([0.25, 0.75], np.float32)
+    got = talk(tmp_path, lambda rid: [p.encode(p.REPLY, rid, p.encode_scores(scores))])
+    assert got.tolist() == [0.25, 0.75]
+
+
+@pytest.mark.parametrize("kind", [ErrorKind.OVERLOADED, ErrorKind.TIMEOUT, ErrorKind.WORKER_FAILED])
+def test_a_fail_is_raised_as_its_kind(tmp_path, kind):
+    with pytest.raises(ServiceError) as failed:
+        talk(tmp_path, lambda rid: [p.encode(p.FAIL, rid, p.encode_kind(kind), b"why")])
+    assert (failed.value.kind, failed.value.message) == (kind, "why")
+
+
+@pytest.mark.parametrize("reply", [
+    lambda rid: p.encode(p.FAIL, rid, b"429", b"why"),  # an HTTP status, not a kind
+    lambda rid: p.encode(p.REPLY, rid, p.encode_scores(np.zeros(3, np.float32))),  # 3 scores for 2
+    lambda rid: p.encode(p.STATUS, rid, b"{}"),
+])
+def test_an_answer_out_of_protocol_is_a_bad_reply(tmp_path, reply):
+    with pytest.raises(ServiceError) as failed:
+        talk(tmp_path, lambda rid: [reply(rid)])
+    assert failed.value.kind is ErrorKind.BAD_REPLY
+
+
+def test_malformed_frames_are_logged_and_dropped(tmp_path, caplog):
+    scores = np.array([0.5, 0.5], np.float32)
+    with caplog.at_level(logging.WARNING, logger="reranker.gateway"):
+        got = talk(tmp_path, lambda rid: [[b"RRK0", p.REPLY, rid], p.encode(p.HEARTBEAT),
+                                          p.encode(p.REPLY, rid, p.encode_scores(scores))])
+    assert got.tolist() == [0.5, 0.5]  # the good answer after the bad ones still arrives
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("malformed" in m and "version" in m for m in logged), logged
+    assert any("unexpected HEARTBEAT" in m for m in logged), logged

@@ -1,0 +1,77 @@
+"""Error kinds: on the wire (FAIL) and as HTTP answers (gateway/errors.py)."""
+
+import json
+
+import pytest
+
+from gateway import errors
+from gateway.errors import ServiceError
+from shared import protocol as p
+from shared.protocol import ErrorKind
+
+# The HTTP contract: status, and whether the caller is told when to retry.
+EXPECTED = {
+    ErrorKind.OVERLOADED: (429, True),
+    ErrorKind.NO_WORKER: (503, True),
+    ErrorKind.WORKERS_LOST: (503, True),
+    ErrorKind.TIMEOUT: (504, False),
+    ErrorKind.WORKER_FAILED: (500, False),
+    ErrorKind.BAD_REPLY: (502, False),
+    ErrorKind.BAD_REQUEST: (400, False),
+    ErrorKind.INVALID_REQUEST: (422, False),
+    ErrorKind.TOO_LARGE: (413, False),
+    ErrorKind.NOT_READY: (503, False),
+    ErrorKind.SHUTTING_DOWN: (503, True),
+}
+
+
+@pytest.mark.parametrize("kind", list(ErrorKind))
+def test_a_fail_frame_becomes_its_http_answer(kind):
+    frames = p.encode(p.FAIL, b"7", p.encode_kind(kind), "why: é".encode())
+    msg = p.decode(frames)
+    assert msg.kind == p.FAIL and p.decode_kind(msg.args[1]) is kind
+    status, body, headers = errors.answer(ServiceError(p.decode_kind(msg.args[1]), msg.args[2].decode()))
+    want_status, retry = EXPECTED[kind]
+    assert status == want_status
+    assert body == '{"detail":"why: é"}'.encode()
+    assert (b"retry-after", b"1") in headers if retry else headers == []
+
+
+@pytest.mark.parametrize("raw", [b"", b"504", b"OVERLOADED", b"overloaded ", b"\xff"])
+def test_unknown_error_kinds_are_refused(raw):
+    with pytest.raises(p.ProtocolError, match="unknown error kind"):
+        p.decode_kind(raw)
+    with pytest.raises(p.ProtocolError):
+        p.decode_kind(p.decode(p.encode(p.FAIL, b"7", raw, b"why")).args[1])
+
+
+def test_an_invalid_request_lists_its_errors_as_fastapi_does():
+    listed = [{"type": "missing", "loc": ("body", "ids"), "msg": "Field required", "input": {"query": "q"}}]
+    status, body, headers = errors.answer(errors.invalid_request(listed))
+    assert (status, headers) == (422, [])
+    assert body == b'{"detail":[{"type":"missing","loc":["body","ids"],"msg":"Field required","input":{"query":"q"}}]}'
+
+
+def test_what_a_client_sent_comes_back_without_a_500():
+    listed = [{"type": "int_type", "loc": ("body", "ids", 0), "msg": "m", "input": float("nan")},
+              {"type": "value_error", "loc": ("body", "query"), "msg": "m", "input": "a\ud800", "big": 2**70}]
+    status, body, _ = errors.answer(errors.invalid_request(listed))
+    assert status == 422
+    assert json.loads(body)["detail"] == [
+        {"type": "int_type", "loc": ["body", "ids", 0], "msg": "m", "input": None},
+        {"type": "value_error", "loc": ["body", "query"], "msg": "m", "input": "a\ud800", "big": 2**70}]
+
+
+def test_a_dialect_writes_the_body_and_nothing_else():
+    def message_type(error: ServiceError):
+        return {"message": error.message, "type": error.kind.value}
+
+    status, body, headers = errors.answer(ServiceError(ErrorKind.OVERLOADED, "busy"), message_type)
+    assert (status, headers) == (429, [(b"retry-after", b"1")])
+    assert body == b'{"message":"busy","type":"overloaded"}'
+
+
+def test_openapi_lists_each_status_once_with_every_cause():
+    responses = errors.openapi_responses([ErrorKind.NO_WORKER, ErrorKind.TOO_LARGE, ErrorKind.SHUTTING_DOWN])
+    assert list(responses) == [413, 503]
+    assert "No worker" in responses[503]["description"] and "stopping" in responses[503]["description"]
