@@ -14,9 +14,10 @@ import sys
 import time
 from pathlib import Path
 
+from devkit.models import build_model
+from devkit.procs import ROOT, Monitor, busy_share, loadavg, python
+
 from . import flops, loadgen, quality, report, stub_bench, systems
-from .models import build_model
-from .procs import ROOT, Monitor, busy_share, loadavg, python
 from .targets import compute_targets
 from .workloads import WORKLOADS, make_requests, token_stats
 

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_tokenizer_gives_about_1_3_tokens_per_word(tmp_path):
-    from benchmarks.models import build_tokenizer, sample_text
+    from devkit.models import build_tokenizer, sample_text
 
     tok = build_tokenizer(tmp_path, 16000)
     rng = random.Random(5)

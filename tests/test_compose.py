@@ -482,7 +482,7 @@ def test_scale_to_five_and_back_to_one_under_load(stack):
 def test_torch_backend_on_tiny_local_model_matches_in_process(stack):
     torch = pytest.importorskip("torch")
     st = pytest.importorskip("sentence_transformers")
-    from benchmarks.models import build_model, sample_text
+    from devkit.models import build_model, sample_text
 
     # Readable by the image's user (uid 10001): not pytest's 0700 tmp_path.
     model_dir = Path(tempfile.mkdtemp(prefix=f"{stack.project}-model-"))
