@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Sequence, get_args
 
+from dotenv import dotenv_values
 from pydantic import BeforeValidator, Field, StringConstraints, ValidationError
 from pydantic_settings import (
     BaseSettings,
     CliSettingsSource,
-    DotEnvSettingsSource,
     EnvSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
@@ -119,7 +119,7 @@ class Settings(BaseSettings):
         validate_by_name=True,   # Settings(port=...) as well as the variables' names
         case_sensitive=True,
         env_ignore_empty=True,   # VAR= (as compose writes ${VAR:-}) means "the default"
-        extra="ignore",          # a .env may hold other programs' variables
+        extra="forbid",          # Settings(modle=...) is an error, not a silent default
         cli_kebab_case=True,
         cli_exit_on_error=False,
     )
@@ -230,25 +230,26 @@ class Settings(BaseSettings):
             flags = flags(args=list(argv))
         except _CommandLineError as exc:
             raise SettingsError(f"command line: {str(exc).removeprefix('error parsing CLI: ')}") from None
-        environment = _Environment(cls, os.environ if environ is None else environ)
-        layers: list[PydanticBaseSettingsSource] = [flags, environment]
-        if dotenv is not None:
-            layers.append(DotEnvSettingsSource(cls, env_file=dotenv))
+        layers: list[PydanticBaseSettingsSource] = [flags, _Variables(cls, os.environ if environ is None else environ)]
+        if dotenv is not None and Path(dotenv).is_file():
+            # The file's other lines (a compose .env holds more) are not ours: read only the declared ones.
+            layers.append(_Variables(cls, dotenv_values(dotenv)))
         try:
             return cls(_build_sources=(tuple(layers), {}))
         except ValidationError as exc:
             raise SettingsError(_first_error(exc, layers)) from None
 
 
-class _Environment(EnvSettingsSource):
-    """pydantic-settings' environment source, over a given mapping rather than always os.environ."""
+class _Variables(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping (the environment, or a .env file's
+    lines) rather than always os.environ: it takes the declared variables only."""
 
-    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
-        self._environ = environ
+    def __init__(self, settings_cls: type[BaseSettings], variables: Mapping[str, str | None]) -> None:
+        self._variables = variables
         super().__init__(settings_cls)
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
-        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+        return parse_env_vars(self._variables, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
 
 
 # -- the declaration, read back --------------------------------------------------------------

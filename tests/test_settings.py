@@ -118,6 +118,8 @@ def test_settings_built_directly_read_nothing(monkeypatch, tmp_path):
     (tmp_path / ".env").write_text("RERANKER_MODEL=/from/dotenv\n")
     s = Settings(model="/m", num_threads=1)
     assert (s.port, s.model, s.num_threads) == (8300, "/m", 1)
+    with pytest.raises(ValueError, match="modle"):
+        Settings(modle="/m")  # a misspelt name is an error, not a silent default
 
 
 def test_settings_are_frozen_hashable_and_picklable():
