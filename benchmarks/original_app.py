@@ -29,7 +29,9 @@ app = FastAPI()
 app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
 
 
-class Reranker:
+class OriginalReranker:
+    """The original app's scoring: predict, ids by position, sorted by score."""
+
     def __init__(self, name: str) -> None:
         self.model = CrossEncoder(name)
 
@@ -44,7 +46,7 @@ class Reranker:
         return results
 
 
-reranker = Reranker(os.environ.get("BENCH_MODEL", "mixedbread-ai/mxbai-rerank-base-v1"))
+reranker = OriginalReranker(os.environ.get("BENCH_MODEL", "mixedbread-ai/mxbai-rerank-base-v1"))
 
 
 class Body(BaseModel):

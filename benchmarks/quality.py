@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .procs import ROOT, clean_env, python
+from devkit.procs import ROOT, clean_env, python
 from .workloads import make_requests
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from . import loadgen
-from .procs import Monitor, Server, clean_env, free_port, python, wait_for
+from devkit.procs import Monitor, Server, clean_env, free_port, python, wait_for
 from .workloads import make_requests
 
 
@@ -150,7 +150,7 @@ def _profilers(svc: "StubService", out: Path, seconds: float) -> list[tuple[str,
     spy = shutil.which("py-spy") or str(Path(python()).with_name("py-spy"))
     if not Path(spy).exists():
         return []
-    from .procs import tree
+    from devkit.procs import tree
 
     procs = []
     targets = [("gateway" if "gateway" in Path(f"/proc/{p}/cmdline").read_text(errors="replace") else "broker", p)

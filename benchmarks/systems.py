@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from .procs import ROOT, Server, clean_env, free_port, python, wait_for
+from devkit.procs import ROOT, Server, clean_env, free_port, python, wait_for
 
 VENVS = ROOT / "benchmarks" / ".venvs"
 PEERS = {"infinity-torch": "infinity", "infinity-onnx": "infinity", "litserve": "litserve"}

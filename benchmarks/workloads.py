@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .models import sample_text
+from devkit.models import sample_text
 
 WORKLOADS = {"W5": 5, "W30": 30, "W240": 240}
 QUERY_WORDS = (6, 10)      # ~8 words

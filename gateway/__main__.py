@@ -80,7 +80,7 @@ class GatewayServer(BaseApplication):
 
 
 def main() -> None:
-    settings = load_or_exit()
+    settings = load_or_exit(service="gateway")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     supervisor = BrokerSupervisor(settings)
     supervisor.start_broker()

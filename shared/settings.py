@@ -1,30 +1,107 @@
 """One settings object for the gateway, the broker and the workers.
 
-Every option is declared once, as a field of Settings: its variable, its
-parser, its default and its meaning. `Settings.load()` reads the process environment and a
-`.env` file in the working directory (the environment wins), and is called
-from each program's `main()`, never at import. The README's table of variables
-is generated from those fields (`python -m shared.settings --markdown`) and a test
-keeps the two equal.
+Every option is declared once, as a field of Settings: its environment variable, its type and
+bounds, its default, its meaning and which parts of the service read it. From that declaration
+come the environment and `.env` reading, the command line (`--port 8400` over PORT over .env),
+each program's `--help`, and the README's table (`python -m shared.settings --markdown`; a test
+keeps the two equal). pydantic-settings does the reading and the parsing.
+
+`Settings(...)` takes its values as given and reads nothing. `Settings.load()` and
+`load_or_exit()` read the outside world; programs call them from main(), never at import.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from argparse import SUPPRESS, RawDescriptionHelpFormatter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Annotated, Any, Literal, Mapping, Sequence, get_args
+
+from dotenv import dotenv_values
+from pydantic import BeforeValidator, Field, StringConstraints, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    CliSettingsSource,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings import SettingsError as _CommandLineError
+from pydantic_settings.sources.utils import parse_env_vars
 
 from .modes import BACKENDS, PRECISIONS
 
 DEFAULT_MODEL = "mixedbread-ai/mxbai-rerank-base-v1"
 
+# The parts of the service that read settings, and what each program runs.
+GATEWAY, BROKER, WORKER = "gateway", "broker", "worker"
+SERVICES: dict[str, tuple[str, ...]] = {
+    "gateway": (GATEWAY, BROKER),  # python -m gateway: the HTTP gateway and its broker process
+    "worker": (WORKER,),
+}
+ABOUT = {
+    "gateway": "The HTTP gateway (gunicorn + uvicorn) and the ZeroMQ broker that dispatches to workers.",
+    "worker": "A CrossEncoder worker: loads the model, connects to the broker, scores jobs.",
+}
+
 
 class SettingsError(ValueError):
-    """A variable is malformed; str() is one line naming it and the expected form."""
+    """A value is malformed; str() is one line naming it (variable or flag) and the expected form."""
+
+
+# -- value types: each says how it is written, for errors and --help -------------------------
+
+@dataclass(frozen=True)
+class Form:
+    expected: str  # "configuration error: VAR='x' is invalid: expected <this>"
+    metavar: str   # --flag METAVAR
+
+
+def _stripped_lower(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _comma_list(value: Any) -> Any:
+    return tuple(item.strip() for item in value.split(",") if item.strip()) if isinstance(value, str) else value
+
+
+def integer(lo: int, hi: int | None = None) -> Any:
+    expected = f"an integer >= {lo}" if hi is None else f"an integer in {lo}..{hi}"
+    return Annotated[int, Field(ge=lo, le=hi), Form(expected, "N")]
+
+
+def number(lo: float = 0.0, *, inclusive: bool = False) -> Any:
+    bound = Field(ge=lo, allow_inf_nan=False) if inclusive else Field(gt=lo, allow_inf_nan=False)
+    return Annotated[float, bound, Form(f"a number {'>=' if inclusive else '>'} {lo:g}", "NUMBER")]
+
+
+def choice(*names: str) -> Any:
+    return Annotated[Literal[names], BeforeValidator(_stripped_lower),
+                     Form("one of " + ", ".join(names), "{" + ",".join(names) + "}")]
+
+
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1), Form("a non-empty string", "TEXT")]
+Endpoint = Annotated[str, StringConstraints(strip_whitespace=True, min_length=9, pattern=r"^(tcp|ipc|inproc)://"),
+                     Form("a ZeroMQ endpoint such as tcp://host:5555 or ipc:///path", "URL")]
+Origins = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list), Field(min_length=1),
+                    Form("a comma-separated list of origins, or *", "ORIGINS")]
+
+
+def option(default: Any, env: str, help: str, *, read_by: tuple[str, ...], shown: str | None = None,
+           computed: Any = None) -> Any:
+    """A settings field: its variable, default, meaning and readers, declared once.
+
+    `computed(values)`: the default, from the fields declared before it; `shown`: the default as
+    --help and the README state it, where the value itself depends on the machine.
+    """
+    extra = {"read_by": list(read_by), "shown": shown}
+    if computed is not None:
+        return Field(default_factory=computed, validation_alias=env, description=help, json_schema_extra=extra)
+    return Field(default, validation_alias=env, description=help, json_schema_extra=extra)
 
 
 def _usable_cpus() -> int:
@@ -34,223 +111,251 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _int(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        value = int(raw.strip())
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise ValueError
-        return value
+class Settings(BaseSettings):
+    """Settings of the reranking service (see the module docstring)."""
 
-    parse.form = "an integer" + (f" >= {lo}" if lo is not None and hi is None else "") + (
-        f" in {lo}..{hi}" if lo is not None and hi is not None else ""
+    model_config = SettingsConfigDict(
+        frozen=True,
+        validate_by_name=True,   # Settings(port=...) as well as the variables' names
+        case_sensitive=True,
+        env_ignore_empty=True,   # VAR= (as compose writes ${VAR:-}) means "the default"
+        extra="forbid",          # Settings(modle=...) is an error, not a silent default
+        cli_kebab_case=True,
+        cli_exit_on_error=False,
     )
-    return parse
+
+    # Gateway (HTTP)
+    host: Text = option("0.0.0.0", "HOST", "Address the HTTP gateway listens on.", read_by=(GATEWAY,))
+    port: integer(1, 65535) = option(8300, "PORT", "Port the HTTP gateway listens on.", read_by=(GATEWAY,))
+    web_concurrency: integer(1) = option(
+        1, "WEB_CONCURRENCY", "Gateway (gunicorn/uvicorn) processes; each has its own socket to the broker.",
+        read_by=(GATEWAY,))
+    cors_origins: Origins = option(("*",), "RERANKER_CORS_ORIGINS", "Origins allowed by CORS, comma-separated.",
+                                   read_by=(GATEWAY,))
+    max_sentences: integer(1) = option(
+        1024, "RERANKER_MAX_SENTENCES", "Most sentences in one request; more gets 413.", read_by=(GATEWAY,))
+    max_chars: integer(1) = option(
+        20_000, "RERANKER_MAX_CHARS",
+        "Most characters in the query or in one sentence; more gets 413. "
+        "Texts longer than the model's max length are truncated by tokens, not refused.", read_by=(GATEWAY,))
+    max_body_bytes: integer(1024) = option(
+        8 * 1024 * 1024, "RERANKER_MAX_BODY_BYTES", "Largest request body accepted; more gets 413.",
+        read_by=(GATEWAY,))
+    # Broker
+    workers_bind: Endpoint = option(
+        "tcp://0.0.0.0:5555", "RERANKER_WORKERS_BIND", "Where the broker listens for workers.", read_by=(BROKER,))
+    frontend_url: Endpoint = option(
+        None, "RERANKER_FRONTEND", "Local endpoint between the gateway processes and the broker.",
+        read_by=(GATEWAY, BROKER), shown="ipc://$TMPDIR/reranker-$PORT.ipc",
+        computed=lambda values: f"ipc://{tempfile.gettempdir()}/reranker-{values['port']}.ipc")
+    request_timeout: number() = option(
+        60.0, "RERANKER_REQUEST_TIMEOUT", "Seconds a request may take in all before it gets 504.",
+        read_by=(GATEWAY, BROKER))
+    no_worker_grace: number() = option(
+        2.0, "RERANKER_NO_WORKER_GRACE",
+        "Seconds a request waits for some worker to be connected before it gets 503.", read_by=(BROKER,))
+    max_queued: integer(1) = option(
+        256, "RERANKER_MAX_QUEUED", "Most requests waiting or running at once; more get 429.", read_by=(BROKER,))
+    max_retries: integer(0) = option(
+        2, "RERANKER_MAX_RETRIES",
+        "How often work lost with a dead worker is re-dispatched before its request fails.", read_by=(BROKER,))
+    max_batch_pairs: integer(1) = option(
+        64, "RERANKER_MAX_BATCH_PAIRS",
+        "Most pairs the broker hands one worker at once: big requests are split across idle "
+        "workers, small concurrent ones merged, up to this size.", read_by=(BROKER,))
+    min_split_pairs: integer(1) = option(
+        16, "RERANKER_MIN_SPLIT_PAIRS",
+        "Fewest pairs worth a job of their own: a request is split across idle workers only in "
+        "shares of at least this many pairs.", read_by=(BROKER,))
+    heartbeat_interval: number() = option(
+        1.0, "RERANKER_HEARTBEAT_INTERVAL", "Seconds between heartbeats, both ways.", read_by=(BROKER, WORKER))
+    heartbeat_liveness: integer(1) = option(
+        3, "RERANKER_HEARTBEAT_LIVENESS", "Heartbeats missed before a peer is taken for dead.",
+        read_by=(BROKER, WORKER))
+    max_message_bytes: integer(1024) = option(
+        64 * 1024 * 1024, "RERANKER_MAX_MESSAGE_BYTES",
+        "Largest ZeroMQ frame accepted from a peer; a peer that sends more is disconnected.",
+        read_by=(GATEWAY, BROKER, WORKER))
+    # Worker
+    broker_url: Endpoint = option(
+        "tcp://127.0.0.1:5555", "RERANKER_BROKER_URL", "Where a worker connects to the broker.", read_by=(WORKER,))
+    model: Text = option(
+        DEFAULT_MODEL, "RERANKER_MODEL", "CrossEncoder to load: a Hugging Face hub name or a local directory.",
+        read_by=(WORKER,))
+    backend: choice(*BACKENDS) = option(
+        "torch", "RERANKER_BACKEND",
+        "Scorer: torch (default), onnx, openvino, or stub (word overlap; tests and demos only).", read_by=(WORKER,))
+    precision: choice(*PRECISIONS) = option(
+        "fp32", "RERANKER_PRECISION", "Numeric precision of the model; fp32 is exact.", read_by=(WORKER,))
+    num_threads: integer(1) = option(
+        None, "NUM_THREADS", "Torch threads per worker. Keep replicas x NUM_THREADS <= cores.", read_by=(WORKER,),
+        shown="CPUs this process may use", computed=_usable_cpus)
+    batch_size: integer(1) = option(
+        32, "RERANKER_BATCH_SIZE", "Most pairs in one forward pass inside a worker.", read_by=(WORKER,))
+    batch_tokens: integer(1) = option(
+        8192, "RERANKER_BATCH_TOKENS",
+        "Most padded tokens in one forward pass inside a worker (pairs x longest pair). Pairs are sorted "
+        "by token length and batched to cut padding, at most RERANKER_BATCH_SIZE pairs a batch.", read_by=(WORKER,))
+    export_dir: Text | None = option(
+        None, "RERANKER_EXPORT_DIR", "Where the onnx/openvino backends cache the model they export on first start.",
+        read_by=(WORKER,), shown="~/.cache/reranker/exports")
+    max_length: integer(8) | None = option(
+        None, "RERANKER_MAX_LENGTH", "Tokens per pair before truncation; unset: the model's own maximum.",
+        read_by=(WORKER,), shown="model's maximum")
+    health_file: Text = option(
+        None, "RERANKER_HEALTH_FILE",
+        "File the worker rewrites every heartbeat with its state; `python -m worker.health` checks it.",
+        read_by=(WORKER,), shown="$TMPDIR/reranker-worker-health.json",
+        computed=lambda values: f"{tempfile.gettempdir()}/reranker-worker-health.json")
+    stub_delay_ms: number(0.0, inclusive=True) = option(
+        0.0, "RERANKER_STUB_DELAY_MS", "Stub backend only: simulated compute per pair, in ms.", read_by=(WORKER,))
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Settings(...) is built from its arguments alone; load() brings the environment, .env and argv.
+        return (init_settings,)
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, dotenv: str | Path | None = ".env", *,
+             service: str | None = None, argv: Sequence[str] = ()) -> "Settings":
+        """Settings from the command line `argv` (the options `service` reads; every option if
+        None), over `environ` (default: os.environ), over the `dotenv` file (None: no file).
+        `--help` in argv prints the options and exits 0. Raises SettingsError."""
+        flags = command_line(service)
+        try:
+            flags = flags(args=list(argv))
+        except _CommandLineError as exc:
+            raise SettingsError(f"command line: {str(exc).removeprefix('error parsing CLI: ')}") from None
+        layers: list[PydanticBaseSettingsSource] = [flags, _Variables(cls, os.environ if environ is None else environ)]
+        if dotenv is not None and Path(dotenv).is_file():
+            # The file's other lines (a compose .env holds more) are not ours: read only the declared ones.
+            layers.append(_Variables(cls, dotenv_values(dotenv)))
+        try:
+            return cls(_build_sources=(tuple(layers), {}))
+        except ValidationError as exc:
+            raise SettingsError(_first_error(exc, layers)) from None
 
 
-def _float(lo: float = 0.0, *, inclusive: bool = False) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
-        value = float(raw.strip())
-        if not (value >= lo if inclusive else value > lo) or value != value or value == float("inf"):
-            raise ValueError
-        return value
+class _Variables(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping (the environment, or a .env file's
+    lines) rather than always os.environ: it takes the declared variables only."""
 
-    parse.form = f"a number {'>=' if inclusive else '>'} {lo:g}"
-    return parse
+    def __init__(self, settings_cls: type[BaseSettings], variables: Mapping[str, str | None]) -> None:
+        self._variables = variables
+        super().__init__(settings_cls)
 
-
-def _choice(*choices: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        value = raw.strip().lower()
-        if value not in choices:
-            raise ValueError
-        return value
-
-    parse.form = "one of " + ", ".join(choices)
-    return parse
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._variables, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
 
 
-def _text(raw: str) -> str:
-    if not raw.strip():
-        raise ValueError
-    return raw.strip()
-
-
-_text.form = "a non-empty string"
-
-
-def _zmq_endpoint(raw: str) -> str:
-    value = raw.strip()
-    if not value.startswith(("tcp://", "ipc://", "inproc://")) or len(value) < 9:
-        raise ValueError
-    return value
-
-
-_zmq_endpoint.form = "a ZeroMQ endpoint such as tcp://host:5555 or ipc:///path"
-
-
-def _origins(raw: str) -> tuple[str, ...]:
-    items = tuple(o.strip() for o in raw.split(",") if o.strip())
-    if not items:
-        raise ValueError
-    return items
-
-
-_origins.form = "a comma-separated list of origins, or *"
-
-
-def option(env: str, parse: Callable[[str], Any], default: Any, help: str, *,
-           computed: Callable[["Settings"], Any] | None = None, shown: str | None = None) -> Any:
-    """A settings field: its variable, parser, default and meaning, declared once."""
-    meta = {"env": env, "parse": parse, "help": help, "computed": computed, "shown": shown}
-    return field(default=default, metadata=meta)
-
+# -- the declaration, read back --------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Settings:
-    # Gateway (HTTP)
-    host: str = option("HOST", _text, "0.0.0.0", "Address the HTTP gateway listens on.")
-    port: int = option("PORT", _int(1, 65535), 8300, "Port the HTTP gateway listens on.")
-    web_concurrency: int = option(
-        "WEB_CONCURRENCY", _int(1), 1,
-        "Gateway (gunicorn/uvicorn) processes; each has its own socket to the broker.")
-    cors_origins: tuple[str, ...] = option(
-        "RERANKER_CORS_ORIGINS", _origins, ("*",), "Origins allowed by CORS, comma-separated.")
-    max_sentences: int = option(
-        "RERANKER_MAX_SENTENCES", _int(1), 1024, "Most sentences in one request; more gets 413.")
-    max_chars: int = option(
-        "RERANKER_MAX_CHARS", _int(1), 20_000,
-        "Most characters in the query or in one sentence; more gets 413. "
-        "Texts longer than the model's max length are truncated by tokens, not refused.")
-    max_body_bytes: int = option(
-        "RERANKER_MAX_BODY_BYTES", _int(1024), 8 * 1024 * 1024, "Largest request body accepted; more gets 413.")
-    # Broker
-    workers_bind: str = option(
-        "RERANKER_WORKERS_BIND", _zmq_endpoint, "tcp://0.0.0.0:5555", "Where the broker listens for workers.")
-    frontend_url: str = option(
-        "RERANKER_FRONTEND", _zmq_endpoint, None,
-        "Local endpoint between the gateway processes and the broker.",
-        computed=lambda s: f"ipc://{tempfile.gettempdir()}/reranker-{s.port}.ipc",
-        shown="ipc://$TMPDIR/reranker-$PORT.ipc")
-    request_timeout: float = option(
-        "RERANKER_REQUEST_TIMEOUT", _float(), 60.0, "Seconds a request may take in all before it gets 504.")
-    no_worker_grace: float = option(
-        "RERANKER_NO_WORKER_GRACE", _float(), 2.0,
-        "Seconds a request waits for some worker to be connected before it gets 503.")
-    max_queued: int = option(
-        "RERANKER_MAX_QUEUED", _int(1), 256, "Most requests waiting or running at once; more get 429.")
-    max_retries: int = option(
-        "RERANKER_MAX_RETRIES", _int(0), 2,
-        "How often work lost with a dead worker is re-dispatched before its request fails.")
-    max_batch_pairs: int = option(
-        "RERANKER_MAX_BATCH_PAIRS", _int(1), 64,
-        "Most pairs the broker hands one worker at once: big requests are split across idle "
-        "workers, small concurrent ones merged, up to this size.")
-    min_split_pairs: int = option(
-        "RERANKER_MIN_SPLIT_PAIRS", _int(1), 16,
-        "Fewest pairs worth a job of their own: a request is split across idle workers only in "
-        "shares of at least this many pairs.")
-    heartbeat_interval: float = option(
-        "RERANKER_HEARTBEAT_INTERVAL", _float(), 1.0, "Seconds between heartbeats, both ways.")
-    heartbeat_liveness: int = option(
-        "RERANKER_HEARTBEAT_LIVENESS", _int(1), 3, "Heartbeats missed before a peer is taken for dead.")
-    max_message_bytes: int = option(
-        "RERANKER_MAX_MESSAGE_BYTES", _int(1024), 64 * 1024 * 1024,
-        "Largest ZeroMQ frame accepted from a peer; a peer that sends more is disconnected.")
-    # Worker
-    broker_url: str = option(
-        "RERANKER_BROKER_URL", _zmq_endpoint, "tcp://127.0.0.1:5555", "Where a worker connects to the broker.")
-    model: str = option(
-        "RERANKER_MODEL", _text, DEFAULT_MODEL, "CrossEncoder to load: a Hugging Face hub name or a local directory.")
-    backend: str = option(
-        "RERANKER_BACKEND", _choice(*BACKENDS), "torch",
-        "Scorer: torch (default), onnx, openvino, or stub (word overlap; tests and demos only).")
-    precision: str = option(
-        "RERANKER_PRECISION", _choice(*PRECISIONS), "fp32", "Numeric precision of the model; fp32 is exact.")
-    num_threads: int = option(
-        "NUM_THREADS", _int(1), None, "Torch threads per worker. Keep replicas x NUM_THREADS <= cores.",
-        computed=lambda s: _usable_cpus(), shown="CPUs this process may use")
-    batch_size: int = option(
-        "RERANKER_BATCH_SIZE", _int(1), 32, "Most pairs in one forward pass inside a worker.")
-    batch_tokens: int = option(
-        "RERANKER_BATCH_TOKENS", _int(1), 8192,
-        "Most padded tokens in one forward pass inside a worker (pairs x longest pair). Pairs are sorted "
-        "by token length and batched to cut padding, at most RERANKER_BATCH_SIZE pairs a batch.")
-    export_dir: str | None = option(
-        "RERANKER_EXPORT_DIR", _text, None,
-        "Where the onnx/openvino backends cache the model they export on first start.",
-        shown="~/.cache/reranker/exports")
-    max_length: int | None = option(
-        "RERANKER_MAX_LENGTH", _int(8), None,
-        "Tokens per pair before truncation; unset: the model's own maximum.", shown="model's maximum")
-    health_file: str = option(
-        "RERANKER_HEALTH_FILE", _text, None,
-        "File the worker rewrites every heartbeat with its state; `python -m worker.health` checks it.",
-        computed=lambda s: f"{tempfile.gettempdir()}/reranker-worker-health.json",
-        shown="$TMPDIR/reranker-worker-health.json")
-    stub_delay_ms: float = option(
-        "RERANKER_STUB_DELAY_MS", _float(0.0, inclusive=True), 0.0, "Stub backend only: simulated compute per pair, in ms.")
-
-    @classmethod
-    def load(cls, environ: Mapping[str, str] | None = None, dotenv: str | Path | None = ".env") -> "Settings":
-        """Build settings from `environ` (default: os.environ) over a .env file."""
-        values: dict[str, str] = {}
-        if dotenv is not None and Path(dotenv).is_file():
-            from dotenv import dotenv_values
-
-            values.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
-        values.update(os.environ if environ is None else environ)
-        return cls.from_mapping(values)
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, str]) -> "Settings":
-        parsed: dict[str, Any] = {}
-        for f in options():
-            env, parse = f.metadata["env"], f.metadata["parse"]
-            raw = values.get(env)
-            if raw is None or raw.strip() == "":
-                continue
-            try:
-                parsed[f.name] = parse(raw)
-            except ValueError:
-                raise SettingsError(f"{env}={raw!r} is invalid: expected {parse.form}") from None
-        return cls(**parsed)
-
-    def __post_init__(self) -> None:
-        for f in options():
-            if getattr(self, f.name) is None and f.metadata["computed"] is not None:
-                object.__setattr__(self, f.name, f.metadata["computed"](self))
-
-    def replace(self, **changes: Any) -> "Settings":
-        return dataclasses.replace(self, **changes)
-
-    def as_env(self) -> dict[str, str]:
-        """The variables that rebuild these settings (used to start child processes)."""
-        env = {}
-        for f in options():
-            value = getattr(self, f.name)
-            if value is not None:
-                env[f.metadata["env"]] = ",".join(value) if isinstance(value, tuple) else str(value)
-        return env
+class Option:
+    name: str                   # settings.<name>
+    env: str                    # its environment variable
+    flag: str                   # its command-line flag
+    help: str
+    default: str                # as --help and the README show it
+    read_by: tuple[str, ...]    # of GATEWAY, BROKER, WORKER
+    form: Form
 
 
-def options() -> tuple[dataclasses.Field, ...]:
-    return dataclasses.fields(Settings)
+def _form(annotation: Any, metadata: list[Any]) -> Form:
+    for item in metadata:
+        if isinstance(item, Form):
+            return item
+    for arg in get_args(annotation):  # inside `X | None`
+        found = [m for m in getattr(arg, "__metadata__", ()) if isinstance(m, Form)]
+        if found:
+            return found[0]
+    raise TypeError(f"no Form in {annotation}")
 
 
-def load_or_exit(environ: Mapping[str, str] | None = None) -> Settings:
-    """For main(): settings, or exit 2 with one line naming the bad variable."""
+def options(service: str | None = None) -> tuple[Option, ...]:
+    """Every option, in declaration order; with `service`, those its parts read (SERVICES)."""
+    out = []
+    for name, field in Settings.model_fields.items():
+        extra = field.json_schema_extra
+        shown = extra["shown"] or (",".join(field.default) if isinstance(field.default, tuple) else str(field.default))
+        out.append(Option(name=name, env=field.validation_alias, flag="--" + name.replace("_", "-"),
+                          help=field.description, default=shown, read_by=tuple(extra["read_by"]),
+                          form=_form(field.annotation, field.metadata)))
+    if service is None:
+        return tuple(out)
+    parts = set(SERVICES[service])
+    return tuple(o for o in out if parts & set(o.read_by))
+
+
+def command_line(service: str | None = None) -> CliSettingsSource:
+    """pydantic-settings' command-line source for the options `service` reads: `--port 8400` and so on,
+    with each option's variable and default in --help. Call it with args=[...] to parse."""
+    wanted = {o.env: o for o in options(service)}
+
+    def add_argument(parser: Any, *names: str, **kwargs: Any) -> Any:
+        if "dest" not in kwargs:  # -h/--help
+            return parser.add_argument(*names, **kwargs)
+        o = wanted.get(kwargs["dest"])
+        if o is None:  # read by another service: not an option here
+            return None
+        extra = {"action": kwargs["action"]} if "action" in kwargs else {}
+        return parser.add_argument(o.flag, dest=o.env, default=SUPPRESS, metavar=o.form.metavar,
+                                   help=f"{o.help} [env {o.env}, default {o.default}]".replace("%", "%%"), **extra)
+
+    source = CliSettingsSource(Settings, cli_prog_name=_prog(), add_argument_method=add_argument,
+                               formatter_class=RawDescriptionHelpFormatter)
+    source.root_parser.description = (
+        (ABOUT[service] + "\n\n" if service else "")
+        + "Each option can also be set by its environment variable or in a .env file in the working\n"
+          "directory: a flag wins over the variable, the variable over .env.")
+    return source
+
+
+def _prog() -> str:
+    """The program's name for --help: `python -m gateway`, or what `reranker` put in argv[0]."""
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "reranker"
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if argv0.endswith(".py") and spec is not None:  # python -m PACKAGE
+        return "python -m " + spec.name.removesuffix(".__main__")
+    return os.path.basename(argv0)
+
+
+def _first_error(exc: ValidationError, layers: list[PydanticBaseSettingsSource]) -> str:
+    """One line for the first bad value: the flag or variable that gave it, as given, and the form."""
+    error = exc.errors()[0]
+    key = error["loc"][0] if error["loc"] else ""  # the variable's name: load() passes values by it
+    o = next((o for o in options() if o.env == key), None)
+    if o is None:
+        return f"{key or 'settings'}: {error['msg']}"
+    for layer in layers:  # the first that has it gave the value
+        values = layer()
+        if o.env in values:
+            where = o.flag if isinstance(layer, CliSettingsSource) else o.env
+            return f"{where}={values[o.env]!r} is invalid: expected {o.form.expected}"
+    return f"{o.env}={error.get('input')!r} is invalid: expected {o.form.expected}"
+
+
+def load_or_exit(service: str | None = None, argv: Sequence[str] | None = None, *,
+                 environ: Mapping[str, str] | None = None, dotenv: str | Path | None = ".env") -> Settings:
+    """For main(): Settings.load(), with the command line (default: sys.argv[1:] where a service is
+    named, none otherwise); on a malformed value, exit 2 with one line naming it."""
+    if argv is None:
+        argv = sys.argv[1:] if service is not None else ()
     try:
-        return Settings.load(environ)
+        return Settings.load(environ, dotenv, service=service, argv=argv)
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
 def markdown_table() -> str:
-    rows = ["| variable | default | meaning |", "|---|---|---|"]
-    for f in options():
-        default = f.metadata["shown"] or (",".join(f.default) if isinstance(f.default, tuple) else str(f.default))
-        rows.append(f"| `{f.metadata['env']}` | `{default}` | {f.metadata['help']} |")
+    rows = ["| variable | flag | default | read by | meaning |", "|---|---|---|---|---|"]
+    for o in options():
+        rows.append(f"| `{o.env}` | `{o.flag}` | `{o.default}` | {', '.join(o.read_by)} | {o.help} |")
     return "\n".join(rows)
 
 
@@ -258,4 +363,4 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--markdown"]:
         print(markdown_table())
     else:
-        print(load_or_exit())
+        print(load_or_exit(argv=sys.argv[1:]))

@@ -34,6 +34,6 @@ def stub_service(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A tiny random DeBERTa-v2 cross-encoder, built locally (no hub)."""
-    from benchmarks.models import build_model
+    from devkit.models import build_model
 
     return build_model(tmp_path_factory.mktemp("models") / "tiny", "tiny")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.procs import free_port
+from devkit.procs import clean_env, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,12 +27,6 @@ FAST = {
     "RERANKER_NO_WORKER_GRACE": "1.5",
     "RERANKER_REQUEST_TIMEOUT": "20",
 }
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RERANKER_") and k not in ("PORT", "HOST")}
-    env.update(PYTHONUNBUFFERED="1", **extra)
-    return env
 
 
 class Service:

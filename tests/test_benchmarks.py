@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_tokenizer_gives_about_1_3_tokens_per_word(tmp_path):
-    from benchmarks.models import build_tokenizer, sample_text
+    from devkit.models import build_tokenizer, sample_text
 
     tok = build_tokenizer(tmp_path, 16000)
     rng = random.Random(5)
@@ -80,28 +80,6 @@ Requests/sec:   2009.87
     r = parse_wrk(out)
     assert r["requests_per_s"] == 2009.87 and r["requests"] == 20101
     assert r["p50_ms"] == 15.1 and r["p99_ms"] == 0.95 and r["non_2xx"] == 3
-
-
-def test_model_targets_compare_the_service_with_the_reference_and_the_fastest_peer():
-    from benchmarks.__main__ import model_targets
-
-    def row(system, c, p50, pairs):
-        return {"system": system, "workload": "W30", "concurrency": c, "p50_ms": p50, "pairs_per_s": pairs}
-
-    systems = [{"system": "inprocess", "kind": "inprocess", "env": {}},
-               {"system": "service", "kind": "service", "env": {}},
-               {"system": "service-2x1", "kind": "service", "env": {"NUM_THREADS": "1"}},
-               {"system": "service-ov", "kind": "service", "env": {"RERANKER_BACKEND": "openvino"}},
-               {"system": "service-bf16", "kind": "service", "env": {"RERANKER_PRECISION": "bf16"}}]
-    results = [row("inprocess", 1, 3000, 10), row("service", 1, 2000, 15), row("service", 8, 30000, 13),
-               row("service-2x1", 1, 100, 300),  # fp32: not a fast mode, however fast
-               row("service-ov", 1, 600, 50), row("service-ov", 8, 4000, 60),
-               row("service-bf16", 1, 800, 37), row("service-bf16", 8, 5000, 48),
-               row("infinity-onnx", 8, 8000, 28), row("litserve", 8, 18000, 13)]
-    got = {t["name"].split(":")[0] + ":" + t["name"].split("/")[-1]: (t["value"], t["ok"])
-           for t in model_targets({"results": results, "systems": systems})}
-    assert list(got.values()) == [(0.67, True), (1.3, False), (0.2, True), (2.14, True)]
-    assert any("service-ov" in name and "infinity-onnx" in name for name in got)
 
 
 def test_system_specs():

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.settings import options
+from shared.settings import SERVICES, options
 from tests.docker_helpers import ROOT, Stack, docker, docker_unavailable, wait_for
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the compose files")
@@ -33,19 +33,11 @@ yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the compose 
 COMPOSE = ROOT / "docker-compose.yml"
 DEV = ROOT / "docker-compose.dev.yml"
 LOCAL_MODEL = ROOT / "deploy" / "compose" / "local-model.yml"
-SETTINGS_VARS = {f.metadata["env"] for f in options()}
+SETTINGS_VARS = {o.env for o in options()}
 # Set in the images or fixed in the compose file, not knobs: clients and workers rely on them.
 FIXED = {"HOST": "0.0.0.0", "PORT": "8300", "RERANKER_WORKERS_BIND": "tcp://0.0.0.0:5555",
          "RERANKER_BROKER_URL": "tcp://gateway:5555"}
 INTERNAL = {"RERANKER_FRONTEND", "RERANKER_HEALTH_FILE"}  # per container, defaults are right
-GATEWAY_ONLY = {"WEB_CONCURRENCY", "RERANKER_CORS_ORIGINS", "RERANKER_MAX_SENTENCES", "RERANKER_MAX_CHARS",
-                "RERANKER_MAX_BODY_BYTES", "RERANKER_WORKERS_BIND", "RERANKER_REQUEST_TIMEOUT",
-                "RERANKER_NO_WORKER_GRACE", "RERANKER_MAX_QUEUED", "RERANKER_MAX_RETRIES", "RERANKER_MAX_BATCH_PAIRS",
-                "RERANKER_MIN_SPLIT_PAIRS", "HOST", "PORT"}
-WORKER_ONLY = {"NUM_THREADS", "RERANKER_MODEL", "RERANKER_BACKEND", "RERANKER_PRECISION", "RERANKER_BATCH_SIZE",
-               "RERANKER_MAX_LENGTH", "RERANKER_STUB_DELAY_MS", "RERANKER_BROKER_URL", "RERANKER_BATCH_TOKENS",
-               "RERANKER_EXPORT_DIR"}
-BOTH = {"RERANKER_HEARTBEAT_INTERVAL", "RERANKER_HEARTBEAT_LIVENESS", "RERANKER_MAX_MESSAGE_BYTES"}
 NOT_SETTINGS = {"HF_HUB_OFFLINE"}  # passed to the Hugging Face libraries, not to Settings
 
 
@@ -167,6 +159,7 @@ def test_images_copy_every_package_their_code_imports(name, entries):
     needed = reachable_packages(entries)
     assert entries[0].split(".")[0] in needed
     assert needed <= copied, f"{name} lacks {needed - copied}"
+    assert not copied & {"devkit", "benchmarks", "tests"}, "development tools stay out of the images"
     if name == "Dockerfile.gateway":
         assert "worker" not in copied
 
@@ -208,7 +201,8 @@ def test_dockerignore_sends_only_what_the_images_need():
     for path in ("pyproject.toml", "shared/settings.py", "gateway/app.py", "worker/loop.py"):
         assert not dockerignored(path, patterns), path
     for path in (".venv/bin/python", ".git/HEAD", "tests/test_compose.py", "README.md", ".env",
-                 "benchmarks/.models/tiny/model.safetensors", "worker/__pycache__/loop.cpython-311.pyc",
+                 "benchmarks/.models/tiny/model.safetensors", "devkit/models.py",
+                 "worker/__pycache__/loop.cpython-311.pyc",
                  "docs/deployment.md", "docker-compose.yml", "Dockerfile.worker", "deploy/k8s/worker.yaml"):
         assert dockerignored(path, patterns), path
     # Every file the images copy is in the context.
@@ -255,26 +249,26 @@ def test_compose_services_networks_and_no_published_ports():
 
 
 def test_compose_has_a_knob_for_every_setting():
+    """Each setting is a knob of exactly the compose services whose programs read it (as declared in
+    shared/settings.py), fixed where FIXED says, else taken from the environment or .env."""
     c = load(COMPOSE)
     envs = {name: svc["environment"] for name, svc in c["services"].items()}
+    assert set(envs) == set(SERVICES), "one compose service per program"
     known = SETTINGS_VARS | NOT_SETTINGS
     for name, env in envs.items():
         assert set(env) <= known, f"{name}: unknown variables {set(env) - known}"
-    for var in SETTINGS_VARS - INTERNAL:
-        holders = {name for name, env in envs.items() if var in env}
-        assert holders, f"{var} has no knob in docker-compose.yml"
-        if var in BOTH:
-            assert holders == {"gateway", "worker"}, var
-        elif var in WORKER_ONLY:
-            assert holders == {"worker"}, var
-        elif var in GATEWAY_ONLY:
-            assert holders == {"gateway"}, var
+    for o in options():
+        if o.env in INTERNAL:
+            continue
+        holders = {name for name, env in envs.items() if o.env in env}
+        readers = {name for name, parts in SERVICES.items() if set(o.read_by) & set(parts)}
+        assert holders == readers, f"{o.env} is read by {o.read_by}: a knob of {readers}, not {holders}"
         for name in holders:
-            value = str(envs[name][var])
-            if var in FIXED:
-                assert value == FIXED[var], var
+            value = str(envs[name][o.env])
+            if o.env in FIXED:
+                assert value == FIXED[o.env], o.env
             else:  # from the environment or .env
-                assert value.startswith("${" + var + ":-"), f"{name}.{var}={value}"
+                assert value.startswith("${" + o.env + ":-"), f"{name}.{o.env}={value}"
 
 
 def test_dev_override_creates_network_and_publishes_on_loopback_only():
@@ -488,7 +482,7 @@ def test_scale_to_five_and_back_to_one_under_load(stack):
 def test_torch_backend_on_tiny_local_model_matches_in_process(stack):
     torch = pytest.importorskip("torch")
     st = pytest.importorskip("sentence_transformers")
-    from benchmarks.models import build_model, sample_text
+    from devkit.models import build_model, sample_text
 
     # Readable by the image's user (uid 10001): not pytest's 0700 tmp_path.
     model_dir = Path(tempfile.mkdtemp(prefix=f"{stack.project}-model-"))

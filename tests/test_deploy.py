@@ -22,7 +22,7 @@ yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the manifest
 K8S = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"        # most object names (<= 63)
 DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"           # Service names (<= 63)
-SETTINGS_VARS = {f.metadata["env"] for f in options()}
+SETTINGS_VARS = {o.env for o in options()}
 OTHER_VARS = {"HF_HOME", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM"}
 
 # -- schemas (JSON Schema subset) -----------------------------------------------------
@@ -279,6 +279,10 @@ def test_deployments_select_their_pods_and_run_as_non_root():
         assert c["securityContext"]["allowPrivilegeEscalation"] is False
         unknown = set(env_of(c)) - SETTINGS_VARS - OTHER_VARS
         assert not unknown, f"{d['metadata']['name']}: unknown variables {unknown}"
+        # Settings only where the container's program reads them (declared in shared/settings.py).
+        read_here = {o.env for o in options(c["name"])}
+        unread = (set(env_of(c)) & SETTINGS_VARS) - read_here
+        assert not unread, f"{d['metadata']['name']}: {unread} are not read by the {c['name']} program"
         names = {p.get("name") for p in c.get("ports", [])}
         for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
             port = c.get(probe, {}).get("httpGet", {}).get("port")

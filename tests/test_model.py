@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks.models import sample_text
-from tests.service import clean_env
+from devkit.models import sample_text
+from devkit.procs import clean_env
 
 pytestmark = pytest.mark.model
 

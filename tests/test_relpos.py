@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from benchmarks.models import sample_text
+from devkit.models import sample_text
 from worker.relpos import ProjectionMemo, memoize_relative_positions
 
 pytestmark = pytest.mark.model

@@ -1,7 +1,7 @@
 """Scorer modes on tiny local models: exact mode equals CrossEncoder.predict, fast modes drift boundedly,
 unsupported modes fail at start with one line naming the variable.
 
-The plain `tiny` model (benchmarks.models) is badly conditioned: its random encoder gives nearly the same
+The plain `tiny` model (devkit.models) is badly conditioned: its random encoder gives nearly the same
 pooled features for every input, so calibration gives the classifier a gain of ~3000, which turns float32
 rounding into score differences of ~2e-5 (predict(batch_size=1) and predict(batch_size=32) already differ
 by that much) and bf16/int8 noise into random orders. Exactness and drift are therefore checked on
@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks.models import sample_text
+from devkit.models import sample_text
 from shared.settings import Settings
 from worker import backends
 from worker import cpu as cpu_mod
@@ -51,7 +51,7 @@ def conditioned_model(tiny_model, tmp_path_factory):
     import torch
     from transformers import AutoTokenizer, DebertaV2ForSequenceClassification
 
-    from benchmarks.models import calibrate
+    from devkit.models import calibrate
 
     path = tmp_path_factory.mktemp("models") / "tiny-conditioned"
     model = DebertaV2ForSequenceClassification.from_pretrained(str(tiny_model)).eval()
@@ -200,7 +200,7 @@ def test_backend_without_its_package_is_refused(backend, extra, monkeypatch):
 
 
 def test_worker_exits_3_with_one_line_for_an_unsupported_mode(tmp_path):
-    from tests.service import clean_env
+    from devkit.procs import clean_env
 
     proc = subprocess.run([sys.executable, "-m", "worker"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=120, env=clean_env(RERANKER_BACKEND="onnx", RERANKER_PRECISION="bf16",

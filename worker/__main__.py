@@ -20,7 +20,7 @@ WARMUP = [("what is a reranker?", "A reranker orders candidate passages by relev
 
 
 def main() -> None:
-    settings = load_or_exit()
+    settings = load_or_exit(service="worker")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     started = time.monotonic()
     try:

@@ -40,7 +40,7 @@ def check(settings: Settings, now: float | None = None) -> tuple[bool, str]:
 
 
 def main() -> None:
-    ok, message = check(load_or_exit())
+    ok, message = check(load_or_exit(service="worker"))
     print(message)
     sys.exit(0 if ok else 1)
 

@@ -1,4 +1,5 @@
-"""Processes for the benchmarks: start servers, find their process trees, read CPU and memory from /proc.
+"""Processes for tests and benchmarks: start servers, find their process trees, read CPU and memory
+from /proc, give each child a clean environment and a free port.
 
 No psutil: /proc is read directly (Linux only, like the service's deployment).
 """
@@ -15,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+from shared.settings import options
+
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -27,8 +30,9 @@ def free_port() -> int:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This environment less the service's own variables (each system sets what it needs)."""
-    drop = ("PORT", "HOST", "WEB_CONCURRENCY", "NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    """This environment less the service's own variables and thread counts (each child sets what it
+    needs), plus `extra`."""
+    drop = {o.env for o in options()} | {"OMP_NUM_THREADS", "MKL_NUM_THREADS"}
     env = {k: v for k, v in os.environ.items() if not k.startswith("RERANKER_") and k not in drop}
     env.update(PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
     env.update(extra)

@@ -13,7 +13,8 @@ as the real DeBERTa-v3 tokenizer gives on English (a W30 request, query once,
 is then ~1,075 tokens). The result is a directory that
 `CrossEncoder(path)` loads with the real loading code.
 
-    python -m benchmarks.models mxbai-base benchmarks/.models/mxbai-base
+    python -m devkit.models mxbai-base benchmarks/.models/mxbai-base
+    python -m devkit.models tiny DIR
 """
 
 from __future__ import annotations
