@@ -35,7 +35,7 @@ DEFAULT_MODES = ["predict", "torch:fp32", "torch:bf16", "torch:int8", "onnx:fp32
 
 def request(rng: random.Random, n: int, words: tuple[int, int], query_words: int = 6) -> list[tuple[str, str]]:
     """One query and n sentences of words[0]..words[1] words (about one token a word)."""
-    from benchmarks.models import sample_text, vocabulary
+    from devkit.models import sample_text, vocabulary
 
     vocab = vocabulary()
     query = sample_text(rng, query_words, vocab)
@@ -92,7 +92,7 @@ def load_mode(spec: str, model: str, threads: int, export_dir: str | None):
         return Predict(model, threads)
     backend, precision, *rest = spec.split(":")
     batch_size = int(rest[0]) if rest else 32
-    batch_tokens = int(rest[1]) if len(rest) > 1 else Settings.batch_tokens
+    batch_tokens = int(rest[1]) if len(rest) > 1 else Settings.model_fields["batch_tokens"].default
     settings = Settings(model=model, backend=backend, precision=precision, num_threads=threads,
                         batch_size=batch_size, batch_tokens=batch_tokens, export_dir=export_dir)
     try:
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--model", help="a CrossEncoder directory or hub name")
     where.add_argument("--build", choices=["tiny", "mxbai-base"],
-                       help="build a random-weight model of this architecture (benchmarks.models) and use it")
+                       help="build a random-weight model of this architecture (devkit.models) and use it")
     parser.add_argument("--models-dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "reranker-models"))
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES))
     parser.add_argument("--threads", type=int, default=2)
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     model = args.model
     if args.build:
-        from benchmarks.models import build_model
+        from devkit.models import build_model
 
         model = str(build_model(Path(args.models_dir) / args.build, args.build))
     specs = [s.strip() for s in args.modes.split(",") if s.strip()]

@@ -70,7 +70,7 @@ def cpu_name() -> str:
 
 def cpu_flags() -> list[str]:
     """The flags that decide which precisions run fast here."""
-    from worker.scorer import cpu_flags as all_flags
+    from worker.cpu import cpu_flags as all_flags
 
     return sorted(all_flags() & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "avx_vnni"})
 

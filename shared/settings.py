@@ -104,7 +104,8 @@ def option(default: Any, env: str, help: str, *, read_by: tuple[str, ...], shown
     return Field(default, validation_alias=env, description=help, json_schema_extra=extra)
 
 
-def _usable_cpus() -> int:
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -189,7 +190,7 @@ class Settings(BaseSettings):
         "fp32", "RERANKER_PRECISION", "Numeric precision of the model; fp32 is exact.", read_by=(WORKER,))
     num_threads: integer(1) = option(
         None, "NUM_THREADS", "Torch threads per worker. Keep replicas x NUM_THREADS <= cores.", read_by=(WORKER,),
-        shown="CPUs this process may use", computed=_usable_cpus)
+        shown="CPUs this process may use", computed=usable_cpus)
     batch_size: integer(1) = option(
         32, "RERANKER_BATCH_SIZE", "Most pairs in one forward pass inside a worker.", read_by=(WORKER,))
     batch_tokens: integer(1) = option(

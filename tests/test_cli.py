@@ -1,5 +1,5 @@
 """The command line of the programs: `python -m gateway`, `python -m worker`, `python -m worker.health`
-and the `reranker` command (shared/cli.py), run as real processes."""
+and the `reranker` command (reranker/cli.py), run as real processes."""
 
 from __future__ import annotations
 
@@ -65,33 +65,34 @@ def test_worker_help_lists_its_options_and_loads_no_model(tmp_path):
 
 
 def test_reranker_command_dispatches_with_the_same_options(tmp_path):
-    top = run(["-m", "shared.cli", "--help"], tmp_path)
+    top = run(["-m", "reranker", "--help"], tmp_path)
     assert top.returncode == 0 and all(f"reranker {c}" in top.stdout for c in ("gateway", "worker", "bench"))
-    gateway = run(["-X", "importtime", "-m", "shared.cli", "gateway", "--help"], tmp_path)
+    gateway = run(["-X", "importtime", "-m", "reranker", "gateway", "--help"], tmp_path)
     assert gateway.returncode == 0, gateway.stderr[-2000:]
     assert gateway.stdout.startswith("usage: reranker gateway ")
     assert_lists_its_options(gateway.stdout, "gateway")
     assert "torch" not in {m.split(".")[0] for m in imported_modules(gateway.stderr)}
-    worker = run(["-m", "shared.cli", "worker", "--help"], tmp_path)
+    worker = run(["-m", "reranker", "worker", "--help"], tmp_path)
     assert worker.returncode == 0 and worker.stdout.startswith("usage: reranker worker ")
     assert_lists_its_options(worker.stdout, "worker")
-    unknown = run(["-m", "shared.cli", "serve"], tmp_path)
+    unknown = run(["-m", "reranker", "serve"], tmp_path)
     assert unknown.returncode == 2 and "no command 'serve'" in unknown.stderr
 
 
 def test_the_reranker_script_is_that_command():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert project["scripts"]["reranker"] == "shared.cli:main"
+    assert project["scripts"]["reranker"] == "reranker.cli:main"
     assert any(d.startswith("pydantic-settings") for d in project["dependencies"]), "the gateway image needs it"
 
 
 def test_reranker_bench_runs_the_suite_from_a_checkout_and_says_where_it_is_missing(tmp_path):
-    suite = run(["-m", "shared.cli", "bench", "--help"], ROOT)
+    suite = run(["-m", "reranker", "bench", "--help"], ROOT)
     assert suite.returncode == 0 and suite.stdout.startswith("usage: python -m benchmarks")
-    # An install without the source tree: shared/ alone on the path.
-    (tmp_path / "shared").symlink_to(ROOT / "shared")
-    missing = subprocess.run([sys.executable, "-m", "shared.cli", "bench", "run", "--quick"], cwd=tmp_path,
+    # An install without the source tree: the packages alone on the path.
+    for package in ("shared", "reranker"):
+        (tmp_path / package).symlink_to(ROOT / package)
+    missing = subprocess.run([sys.executable, "-m", "reranker", "bench", "run", "--quick"], cwd=tmp_path,
                              env={**clean_env(), "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True,
                              timeout=TIMEOUT)
     assert missing.returncode == 2
@@ -113,7 +114,7 @@ def test_a_flag_wins_over_the_variable_over_dotenv_in_a_program(tmp_path):
     (["-m", "gateway", "--port", "70000"], "--port='70000' is invalid: expected an integer in 1..65535"),
     (["-m", "worker", "--num-threads", "0"], "--num-threads='0' is invalid: expected an integer >= 1"),
     (["-m", "gateway", "--model", "x"], "command line: unrecognized arguments: --model x"),
-    (["-m", "shared.cli", "worker", "--backend", "tensorflow"],
+    (["-m", "reranker", "worker", "--backend", "tensorflow"],
      "--backend='tensorflow' is invalid: expected one of torch, onnx, openvino, stub"),
 ])
 def test_a_bad_flag_stops_the_program_with_one_line(tmp_path, argv, line):

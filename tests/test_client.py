@@ -23,7 +23,7 @@ def talk(tmp_path, answer):
         ctx = zmq.asyncio.Context()
         broker = ctx.socket(zmq.ROUTER)
         broker.bind(url)
-        client = BrokerClient(Settings.from_mapping({"RERANKER_FRONTEND": url, "RERANKER_REQUEST_TIMEOUT": "2"}))
+        client = BrokerClient(Settings(frontend_url=url, request_timeout=2))
         await client.start()
         try:
             call = asyncio.create_task(client.rerank("q", ["a", "b"]))

@@ -11,7 +11,8 @@ import numpy as np
 import orjson
 import pytest
 
-from worker.scorer import stub_score
+from devkit.procs import children
+from worker.stub import stub_score
 
 QUERY = "red apple pie recipe"
 SENTENCES = ["green pie", "a recipe for red apple pie", "red car", "apple", "nothing here", "red apple"]
@@ -322,22 +323,14 @@ def test_several_gateway_processes_share_the_broker(service_factory):
     assert all(r.content == expected_body(QUERY, SENTENCES, [i] * 6) for i, r in enumerate(responses))
 
 
-def _children(pid: int) -> list[int]:
-    from pathlib import Path
-    kids = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        kids += [int(k) for k in (task / "children").read_text().split()]
-    return kids
-
-
 def test_broker_crash_is_restarted_and_workers_reconnect(service_factory):
     from pathlib import Path
     svc = service_factory().start(workers=2)
-    brokers = [k for k in _children(svc.gateway.pid)
+    brokers = [k for k in children(svc.gateway.pid)
                if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]
     assert len(brokers) == 1, brokers
     os.kill(brokers[0], signal.SIGKILL)
-    svc.wait_for(lambda: svc.ready().get("workers") == 2 and brokers[0] not in _children(svc.gateway.pid),
+    svc.wait_for(lambda: svc.ready().get("workers") == 2 and brokers[0] not in children(svc.gateway.pid),
                  20, "a new broker with both workers back")
     r = svc.rerank(QUERY, SENTENCES)
     assert r.content == expected_body(QUERY, SENTENCES, list(range(6)))

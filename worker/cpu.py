@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from shared.settings import usable_cpus  # noqa: F401 - the one definition; backends take it from here
+
 
 def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
     """The CPU feature flags of the first processor listed in /proc/cpuinfo (empty if unreadable)."""
@@ -21,14 +23,6 @@ def bf16_supported(flags: set[str] | None = None) -> bool:
     """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX-BF16); without it bf16 is slower than fp32."""
     flags = cpu_flags() if flags is None else flags
     return bool({"avx512_bf16", "amx_bf16"} & flags)
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def set_threads(num_threads: int) -> None:
