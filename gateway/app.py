@@ -75,7 +75,8 @@ def create_app(settings: Settings, client: BrokerClient, handler: RerankHandler)
         allow_headers=["*"],
     )
 
-    rerank_errors = [kind for kind in ErrorKind if kind is not ErrorKind.NOT_READY]
+    rerank_errors = [kind for kind in ErrorKind if kind not in (ErrorKind.NOT_READY, ErrorKind.WRONG_POOL,
+                                                                ErrorKind.TOO_LONG, ErrorKind.UNSUPPORTED)]
 
     @app.post("/rerank", response_model=RerankResponse, responses=errors.openapi_responses(rerank_errors),
               summary="Score sentences against a query, best first")

@@ -109,33 +109,53 @@ class Broker:
     def _on_worker(self, identity: bytes, msg: p.Message, now: float) -> None:
         s = self.scheduler
         if msg.kind == p.READY:
-            info = p.decode_json_object(msg.args[0], "READY info")
-            log.info("worker %s ready: %s", identity.hex(), info)
-            s.worker_ready(identity, info, now)
+            self._on_ready(identity, msg.args[0], now)
         elif not s.worker_seen(identity, now):
             if msg.kind != p.DISCONNECT:
                 # Unknown worker (we restarted, or purged it): tell it to start over.
                 self._send(self.backend, identity, p.encode(p.DISCONNECT))
         elif msg.kind == p.RESULT:
-            s.job_done(identity, msg.args[0], p.decode_scores(msg.args[1]), now)
+            job = s.jobs.get(msg.args[0])
+            tasks = len(job.owners) if job is not None else 0
+            compute_ms, errors = p.decode_result_meta(msg.args[2], tasks)
+            s.job_done(identity, msg.args[0], p.decode_scores(msg.args[1]), now, compute_ms, errors)
         elif msg.kind == p.ERROR:
-            s.job_failed(identity, msg.args[0], msg.args[1].decode("utf-8", "replace"), now)
+            s.job_failed(identity, msg.args[0], p.decode_kind(msg.args[1]), msg.args[2].decode("utf-8", "replace"), now)
         elif msg.kind == p.DISCONNECT:
             log.info("worker %s left", identity.hex())
             s.worker_gone(identity, now, graceful=True)
         elif msg.kind != p.HEARTBEAT:
             log.warning("unexpected %s from worker %s", msg.name, identity.hex())
 
+    def _on_ready(self, identity: bytes, raw: bytes, now: float) -> None:
+        """A worker announces itself: it joins the pool if it speaks this protocol and names this pool."""
+        try:
+            info = p.decode_ready_info(raw)
+        except p.ProtocolError as exc:
+            return self._refuse(identity, p.ErrorKind.BAD_REQUEST, f"malformed READY: {exc}")
+        if info["pool"] != self.settings.pool:
+            return self._refuse(identity, p.ErrorKind.WRONG_POOL,
+                                f"this broker serves pool {self.settings.pool!r}, not {info['pool']!r} "
+                                "(RERANKER_POOL must be the same on the gateway and its workers)")
+        log.info("worker %s ready: %s", identity.hex(), info)
+        self.scheduler.worker_ready(identity, info, now)
+
+    def _refuse(self, identity: bytes, kind: p.ErrorKind, message: str) -> None:
+        log.warning("refused worker %s: %s", identity.hex(), message)
+        self._send(self.backend, identity, p.encode(p.REFUSE, p.encode_kind(kind), message.encode()))
+
     def _on_client(self, identity: bytes, msg: p.Message, now: float) -> None:
         if msg.kind == p.REQUEST:
             rid = msg.args[0]
             try:
-                query, sentences = p.decode_request_body(msg.args[1])
+                task = p.decode_request_body(msg.args[1])
             except p.ProtocolError as exc:
                 self._send(self.frontend, identity,
                            p.encode(p.FAIL, rid, p.encode_kind(p.ErrorKind.BAD_REQUEST), str(exc).encode()))
                 return
-            self.scheduler.submit(identity, rid, query, sentences, now)
+            self.scheduler.submit(identity, rid, task, now)
+        elif msg.kind == p.CANCEL:
+            self.scheduler.cancel(identity, msg.args[0])
         elif msg.kind == p.STATUS:
             body = p.encode_json(self.scheduler.status())
             self._send(self.frontend, identity, p.encode(p.STATUS, msg.args[0], body))
@@ -154,7 +174,8 @@ class Broker:
                 if not self._send(self.backend, action.worker, p.encode(p.JOB, action.job_id, body)):
                     self.scheduler.worker_gone(action.worker, time.monotonic())
             elif isinstance(action, Reply):
-                self._send(self.frontend, action.client, p.encode(p.REPLY, action.rid, p.encode_scores(action.scores)))
+                self._send(self.frontend, action.client, p.encode(p.REPLY, action.rid, p.encode_scores(action.scores),
+                                                                 p.encode_json(action.meta)))
             elif isinstance(action, Fail):
                 self._send(self.frontend, action.client,
                            p.encode(p.FAIL, action.rid, p.encode_kind(action.kind), action.message.encode()))

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import logging
 import os
+from typing import NamedTuple
 
 import numpy as np
 import zmq
@@ -24,6 +25,11 @@ from shared.settings import Settings
 from .errors import ServiceError
 
 log = logging.getLogger("reranker.gateway")
+
+
+class Scored(NamedTuple):
+    scores: np.ndarray  # float32, one per sentence, in the sentences' order
+    meta: dict          # the broker's timings: queue_ms, compute_ms, inference_ms
 
 
 class BrokerClient:
@@ -60,16 +66,16 @@ class BrokerClient:
             self.socket.close(0)
             self.context.term()
 
-    async def rerank(self, query: str, sentences: list[str]) -> np.ndarray:
-        """Scores for (query, sentence) pairs, in the sentences' order."""
-        msg = await self._call(p.REQUEST, p.encode_request_body(query, sentences),
-                               timeout=self.settings.request_timeout + 1.0)
+    async def rerank(self, task: p.Task) -> Scored:
+        """Scores for the task's (query, sentence) pairs, in the sentences' order, with timings."""
+        msg = await self._call(p.REQUEST, p.encode_request_body(task), timeout=self.settings.request_timeout + 1.0)
         if msg.kind not in (p.REPLY, p.FAIL):
             raise ServiceError(ErrorKind.BAD_REPLY, f"unexpected {msg.name} from the broker")
         try:
             if msg.kind == p.FAIL:
                 raise ServiceError(p.decode_kind(msg.args[1]), msg.args[2].decode("utf-8", "replace"))
-            return p.decode_scores(msg.args[1], expected=len(sentences))
+            return Scored(p.decode_scores(msg.args[1], expected=len(task.sentences)),
+                          p.decode_json_object(msg.args[2], "REPLY meta"))
         except p.ProtocolError as exc:
             raise ServiceError(ErrorKind.BAD_REPLY, f"malformed {msg.name} from the broker: {exc}") from None
 
@@ -90,9 +96,19 @@ class BrokerClient:
             # The send is inside the timeout too: a DEALER with no broker connected blocks on send.
             return await asyncio.wait_for(self._send_and_wait(p.encode(kind, rid, *args), fut), timeout)
         except asyncio.TimeoutError:
+            self._cancel(kind, rid)
             raise ServiceError(ErrorKind.TIMEOUT, f"the broker did not answer within {timeout:g} s") from None
+        except asyncio.CancelledError:  # the caller has gone
+            self._cancel(kind, rid)
+            raise
         finally:
             self._waiting.pop(rid, None)
+
+    def _cancel(self, kind: bytes, rid: bytes) -> None:
+        """Tell the broker a request's answer is no longer awaited, so it drops the work left (best effort)."""
+        if kind == p.REQUEST:
+            sent = self.socket.send_multipart(p.encode(p.CANCEL, rid), zmq.NOBLOCK)
+            sent.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody waits: don't warn
 
     async def _send_and_wait(self, frames: list[bytes], fut: asyncio.Future) -> p.Message:
         await self.socket.send_multipart(frames)

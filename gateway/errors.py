@@ -56,6 +56,9 @@ RULES: dict[ErrorKind, Rule] = {
     ErrorKind.WORKER_FAILED: Rule(500, "A worker failed to score the request"),
     ErrorKind.BAD_REPLY: Rule(502, "The broker or a worker answered out of protocol"),
     ErrorKind.BAD_REQUEST: Rule(400, "A request the service could not read"),
+    ErrorKind.TOO_LONG: Rule(413, "A text longer than the model's window, with truncation off"),
+    ErrorKind.UNSUPPORTED: Rule(422, "An option the workers cannot honour"),
+    ErrorKind.WRONG_POOL: Rule(500, "A worker of another pool (never expected in an answer)"),
     ErrorKind.INVALID_REQUEST: Rule(422, "Malformed request (the field is named in the message)"),
     ErrorKind.TOO_LARGE: Rule(413, "Too many sentences, a text too long, or a body too large "
                                    "(the limit is in the message)"),

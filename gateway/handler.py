@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from shared.protocol import ErrorKind
+from shared.protocol import ErrorKind, Task
 from shared.settings import Settings
 
 from . import errors
@@ -43,8 +43,8 @@ class RerankHandler:
             return Answer(200, render_results([], _EMPTY), [])
         started = time.perf_counter()
         try:
-            scores = await self.client.rerank(request.query, request.sentences)
+            scored = await self.client.rerank(Task(request.query, request.sentences))
         except ServiceError as exc:
             return errors.answer(exc)
         elapsed_ms = (time.perf_counter() - started) * 1000
-        return Answer(200, render_results(request.ids, scores), [(b"x-compute-time", b"%.1f" % elapsed_ms)])
+        return Answer(200, render_results(request.ids, scored.scores), [(b"x-compute-time", b"%.1f" % elapsed_ms)])

@@ -25,25 +25,33 @@ from typing import Union
 
 import numpy as np
 
-from shared.protocol import ErrorKind
+from shared.protocol import ErrorKind, Task
 
 
 @dataclass
 class Request:
     client: bytes
     rid: bytes
-    query: str
-    sentences: list[str]
+    task: Task
     received: float
     deadline: float
     scores: np.ndarray = field(init=False)
     remaining: int = field(init=False)
     done: bool = False
     cut: int = 0  # piece size, once a request too big for one round of the idle workers is split
+    started: float | None = None  # when its first piece went to a worker
+    inference_ms: float = 0.0  # its share of the workers' compute time
 
     def __post_init__(self) -> None:
-        self.scores = np.empty(len(self.sentences), dtype=np.float32)
-        self.remaining = len(self.sentences)
+        self.scores = np.empty(len(self.task.sentences), dtype=np.float32)
+        self.remaining = len(self.task.sentences)
+
+    def timings(self, now: float) -> dict:
+        """What the REPLY's meta says of this request's time: waiting, then being scored."""
+        started = self.received if self.started is None else self.started
+        return {"queue_ms": round((started - self.received) * 1000, 3),
+                "compute_ms": round((now - started) * 1000, 3),
+                "inference_ms": round(self.inference_ms, 3)}
 
 
 @dataclass
@@ -65,6 +73,7 @@ class Job:
     worker: bytes
     pieces: list[Piece]
     started: float
+    owners: list[Request] = field(default_factory=list)  # the request of each task, in task order
 
 
 @dataclass
@@ -82,7 +91,7 @@ class WorkerState:
 class SendJob:
     worker: bytes
     job_id: bytes
-    tasks: list  # [(query, sentences)]
+    tasks: list[Task]
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,7 @@ class Reply:
     client: bytes
     rid: bytes
     scores: np.ndarray
+    meta: dict = field(default_factory=dict)  # timings (Request.timings)
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,10 @@ class Disconnect:
 
 
 Action = Union[SendJob, Reply, Fail, Disconnect]
+
+
+# What /ready and /info show of each worker, from its READY info.
+POOL_FIELDS = ("host", "pid", "model", "backend", "precision", "max_length")
 
 
 class Scheduler:
@@ -126,7 +140,7 @@ class Scheduler:
         self.no_workers_since = 0.0
         self.outbox: list[Action] = []
         self._next_job = 0
-        self.stats = {"requests": 0, "pairs": 0, "failed": 0, "redispatched": 0, "purged": 0}
+        self.stats = {"requests": 0, "pairs": 0, "failed": 0, "redispatched": 0, "purged": 0, "cancelled": 0}
 
     # -- introspection --------------------------------------------------
     def status(self) -> dict:
@@ -137,7 +151,7 @@ class Scheduler:
             "running": len(self.requests),
             **self.stats,
             "pool": [
-                {"host": w.info.get("host"), "pid": w.info.get("pid"), "busy": w.job is not None,
+                {**{k: w.info.get(k) for k in POOL_FIELDS}, "busy": w.job is not None,
                  "jobs": w.jobs_done, "pairs": w.pairs_done}
                 for w in self.workers.values()
             ],
@@ -176,7 +190,10 @@ class Scheduler:
             self._requeue(self.jobs.pop(worker.job.id), count=not graceful)
         self.dispatch(now)
 
-    def job_done(self, identity: bytes, job_id: bytes, scores: np.ndarray, now: float) -> None:
+    def job_done(self, identity: bytes, job_id: bytes, scores: np.ndarray, now: float, compute_ms: float = 0.0,
+                 errors: dict[int, tuple[ErrorKind, str]] | None = None) -> None:
+        """A RESULT: the job's scores, the worker's compute time, and the tasks that failed alone
+        ({task index: (kind, message)}: those requests fail, the others get their scores)."""
         job = self._finish_job(identity, job_id, now)
         if job is None:
             return
@@ -184,40 +201,50 @@ class Scheduler:
         if scores.shape[0] != expected:
             self._fail_job(job, ErrorKind.BAD_REPLY, f"worker returned {scores.shape[0]} scores for {expected} pairs")
         else:
+            for index, (kind, message) in (errors or {}).items():
+                self._fail(job.owners[index], kind, message)
             offset = 0
             for piece in job.pieces:
                 req = piece.request
                 if not req.done:
                     req.scores[piece.start:piece.stop] = scores[offset:offset + piece.size]
+                    req.inference_ms += compute_ms * piece.size / expected
                     req.remaining -= piece.size
                     if req.remaining == 0:
                         self._close(req)
-                        self.outbox.append(Reply(req.client, req.rid, req.scores))
+                        self.outbox.append(Reply(req.client, req.rid, req.scores, req.timings(now)))
                 offset += piece.size
         self.dispatch(now)
 
-    def job_failed(self, identity: bytes, job_id: bytes, message: str, now: float) -> None:
+    def job_failed(self, identity: bytes, job_id: bytes, kind: ErrorKind, message: str, now: float) -> None:
         job = self._finish_job(identity, job_id, now)
         if job is not None:
-            self._fail_job(job, ErrorKind.WORKER_FAILED, f"worker failed to score: {message}")
+            self._fail_job(job, kind, f"worker failed to score: {message}")
         self.dispatch(now)
 
     # -- requests ---------------------------------------------------------
-    def submit(self, client: bytes, rid: bytes, query: str, sentences: list[str], now: float) -> None:
+    def submit(self, client: bytes, rid: bytes, task: Task, now: float) -> None:
         if len(self.requests) >= self.max_queued:
             self.stats["failed"] += 1
             self.outbox.append(Fail(client, rid, ErrorKind.OVERLOADED,
                                     f"too many requests in flight (limit {self.max_queued}); retry later"))
             return
-        req = Request(client, rid, query, sentences, now, now + self.request_timeout)
+        req = Request(client, rid, task, now, now + self.request_timeout)
         self.stats["requests"] += 1
-        self.stats["pairs"] += len(sentences)
-        if not sentences:
-            self.outbox.append(Reply(client, rid, req.scores))
+        self.stats["pairs"] += req.remaining
+        if not req.remaining:
+            self.outbox.append(Reply(client, rid, req.scores, req.timings(now)))
             return
         self.requests[(client, rid)] = req
-        self.queue.append(Piece(req, 0, len(sentences)))
+        self.queue.append(Piece(req, 0, req.remaining))
         self.dispatch(now)
+
+    def cancel(self, client: bytes, rid: bytes) -> None:
+        """The caller has gone: its queued pieces are dropped, results still to come are discarded."""
+        req = self.requests.get((client, rid))
+        if req is not None:
+            self.stats["cancelled"] += 1
+            self._close(req)
 
     def tick(self, now: float) -> None:
         """Purge silent workers and expire requests; call at least once a heartbeat."""
@@ -285,10 +312,14 @@ class Scheduler:
                 self.idle[identity] = None
                 break
             self._next_job += 1
-            job = Job(b"%d" % self._next_job, identity, pieces, now)
+            tasks, owners = _tasks(pieces)
+            job = Job(b"%d" % self._next_job, identity, pieces, now, owners)
             self.jobs[job.id] = job
             self.workers[identity].job = job
-            self.outbox.append(SendJob(identity, job.id, _tasks(pieces)))
+            for req in owners:
+                if req.started is None:
+                    req.started = now
+            self.outbox.append(SendJob(identity, job.id, tasks))
 
     # -- internals ------------------------------------------------------------
     def _finish_job(self, identity: bytes, job_id: bytes, now: float) -> Job | None:
@@ -322,10 +353,13 @@ class Scheduler:
 
     def _fail_job(self, job: Job, kind: ErrorKind, message: str) -> None:
         for piece in job.pieces:
-            if not piece.request.done:
-                self._close(piece.request)
-                self.stats["failed"] += 1
-                self.outbox.append(Fail(piece.request.client, piece.request.rid, kind, message))
+            self._fail(piece.request, kind, message)
+
+    def _fail(self, req: Request, kind: ErrorKind, message: str) -> None:
+        if not req.done:
+            self._close(req)
+            self.stats["failed"] += 1
+            self.outbox.append(Fail(req.client, req.rid, kind, message))
 
     def _close(self, req: Request) -> None:
         req.done = True
@@ -336,15 +370,19 @@ class Scheduler:
             self.queue = deque(p for p in self.queue if not p.request.done)
 
 
-def _tasks(pieces: list[Piece]) -> list:
-    """Pieces of the same request next to each other travel as one task."""
-    tasks: list = []
+def _tasks(pieces: list[Piece]) -> tuple[list[Task], list[Request]]:
+    """The job's tasks, and the request of each: pieces of the same request next to each other
+    travel as one task, with that request's options and trace."""
+    tasks: list[Task] = []
+    owners: list[Request] = []
     last: Piece | None = None
     for piece in pieces:
-        sentences = piece.request.sentences[piece.start:piece.stop]
-        if last is not None and last.request is piece.request and last.stop == piece.start:
-            tasks[-1][1].extend(sentences)
+        req = piece.request
+        sentences = req.task.sentences[piece.start:piece.stop]
+        if last is not None and last.request is req and last.stop == piece.start:
+            tasks[-1].sentences.extend(sentences)
         else:
-            tasks.append((piece.request.query, list(sentences)))
+            tasks.append(Task(req.task.query, list(sentences), req.task.options, req.task.trace))
+            owners.append(req)
         last = piece
-    return tasks
+    return tasks, owners

@@ -180,6 +180,11 @@ class Settings(BaseSettings):
     # Worker
     broker_url: Endpoint = option(
         "tcp://127.0.0.1:5555", "RERANKER_BROKER_URL", "Where a worker connects to the broker.", read_by=(WORKER,))
+    pool: Text = option(
+        "reranker", "RERANKER_POOL",
+        "Name of the worker pool: the broker refuses a worker that names another pool, so that a worker "
+        "never joins a service it was not started for. Set the same value on the gateway and its workers.",
+        read_by=(BROKER, WORKER))
     model: Text = option(
         DEFAULT_MODEL, "RERANKER_MODEL", "CrossEncoder to load: a Hugging Face hub name or a local directory.",
         read_by=(WORKER,))

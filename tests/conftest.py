@@ -37,3 +37,37 @@ def tiny_model(tmp_path_factory):
     from devkit.models import build_model
 
     return build_model(tmp_path_factory.mktemp("models") / "tiny", "tiny")
+
+
+@pytest.fixture(scope="session")
+def conditioned_model(tiny_model, tmp_path_factory):
+    """`tiny` with weights at std 0.2 and a recalibrated head: well conditioned, so that fp32 noise is
+    ~1e-7 as on a trained model (tests/test_scorer.py's module doc says why the plain tiny model is not)."""
+    import torch
+    from transformers import AutoTokenizer, DebertaV2ForSequenceClassification
+
+    from devkit.models import calibrate
+
+    path = tmp_path_factory.mktemp("models") / "tiny-conditioned"
+    model = DebertaV2ForSequenceClassification.from_pretrained(str(tiny_model)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 2 and not name.startswith("classifier"):
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
+    calibrate(model, tokenizer, seed=0)
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture
+def one_thread():
+    """Scorers and references on 1 thread (fp32 sums depend on the thread count); restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield 1
+    torch.set_num_threads(before)

@@ -26,7 +26,7 @@ def talk(tmp_path, answer):
         client = BrokerClient(Settings(frontend_url=url, request_timeout=2))
         await client.start()
         try:
-            call = asyncio.create_task(client.rerank("q", ["a", "b"]))
+            call = asyncio.create_task(client.rerank(p.Task("q", ["a", "b"])))
             identity, *frames = await broker.recv_multipart()
             for reply in answer(p.decode(frames).args[0]):
                 await broker.send_multipart([identity, *reply])
@@ -41,8 +41,9 @@ def talk(tmp_path, answer):
 
 def test_scores_come_back(tmp_path):
     scores = np.array([0.25, 0.75], np.float32)
-    got = talk(tmp_path, lambda rid: [p.encode(p.REPLY, rid, p.encode_scores(scores))])
-    assert got.tolist() == [0.25, 0.75]
+    meta = {"queue_ms": 1.5, "compute_ms": 20.0, "inference_ms": 18.0}
+    got = talk(tmp_path, lambda rid: [p.encode(p.REPLY, rid, p.encode_scores(scores), p.encode_json(meta))])
+    assert got.scores.tolist() == [0.25, 0.75] and got.meta == meta
 
 
 @pytest.mark.parametrize("kind", [ErrorKind.OVERLOADED, ErrorKind.TIMEOUT, ErrorKind.WORKER_FAILED])
@@ -54,7 +55,8 @@ def test_a_fail_is_raised_as_its_kind(tmp_path, kind):
 
 @pytest.mark.parametrize("reply", [
     lambda rid: p.encode(p.FAIL, rid, b"429", b"why"),  # an HTTP status, not a kind
-    lambda rid: p.encode(p.REPLY, rid, p.encode_scores(np.zeros(3, np.float32))),  # 3 scores for 2
+    lambda rid: p.encode(p.REPLY, rid, p.encode_scores(np.zeros(3, np.float32)), b"{}"),  # 3 scores for 2
+    lambda rid: p.encode(p.REPLY, rid, p.encode_scores(np.zeros(2, np.float32)), b"[]"),  # meta not an object
     lambda rid: p.encode(p.STATUS, rid, b"{}"),
 ])
 def test_an_answer_out_of_protocol_is_a_bad_reply(tmp_path, reply):
@@ -67,8 +69,33 @@ def test_malformed_frames_are_logged_and_dropped(tmp_path, caplog):
     scores = np.array([0.5, 0.5], np.float32)
     with caplog.at_level(logging.WARNING, logger="reranker.gateway"):
         got = talk(tmp_path, lambda rid: [[b"RRK0", p.REPLY, rid], p.encode(p.HEARTBEAT),
-                                          p.encode(p.REPLY, rid, p.encode_scores(scores))])
-    assert got.tolist() == [0.5, 0.5]  # the good answer after the bad ones still arrives
+                                          p.encode(p.REPLY, rid, p.encode_scores(scores), b"{}")])
+    assert got.scores.tolist() == [0.5, 0.5]  # the good answer after the bad ones still arrives
     logged = [r.getMessage() for r in caplog.records]
     assert any("malformed" in m and "version" in m for m in logged), logged
     assert any("unexpected HEARTBEAT" in m for m in logged), logged
+
+
+def test_a_request_given_up_is_cancelled_at_the_broker(tmp_path):
+    """The caller goes away (its task is cancelled): the broker hears CANCEL for that request."""
+    url = f"ipc://{tmp_path}/frontend.ipc"
+
+    async def run():
+        ctx = zmq.asyncio.Context()
+        broker = ctx.socket(zmq.ROUTER)
+        broker.bind(url)
+        client = BrokerClient(Settings(frontend_url=url, request_timeout=5))
+        await client.start()
+        try:
+            call = asyncio.create_task(client.rerank(p.Task("q", ["a"])))
+            _, *request = await broker.recv_multipart()
+            call.cancel()
+            _, *cancel = await asyncio.wait_for(broker.recv_multipart(), 5)
+            return p.decode(request), p.decode(cancel)
+        finally:
+            await client.close()
+            broker.close(0)
+            ctx.term()
+
+    request, cancel = asyncio.run(run())
+    assert cancel.kind == p.CANCEL and cancel.args == (request.args[0],)

@@ -367,3 +367,15 @@ def test_gateway_restart_workers_reconnect_by_themselves(service_factory):
     svc.wait_ready(1, timeout=20)
     assert svc.rerank(QUERY, SENTENCES).status_code == 200
     assert svc.workers[0].poll() is None  # the same worker process, reconnected
+
+
+def test_a_worker_of_another_pool_is_refused_and_stops(service_factory):
+    svc = service_factory(RERANKER_POOL="search").start(workers=1)
+    stray = svc.start_worker(RERANKER_POOL="other")
+    assert stray.wait(20) == 4
+    log = svc.logs()
+    assert "refused this worker: this broker serves pool 'search', not 'other'" in log
+    assert "refused worker" in log  # the broker's side of it
+    assert svc.ready()["workers"] == 1
+    r = svc.rerank(QUERY, SENTENCES)
+    assert r.content == expected_body(QUERY, SENTENCES, list(range(6)))

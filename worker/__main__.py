@@ -34,6 +34,9 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
     worker.run()
+    if worker.refused is not None:
+        print(f"worker: the broker at {settings.broker_url} refused this worker: {worker.refused}", file=sys.stderr)
+        raise SystemExit(4)
     log.info("worker %d left after %d jobs", os.getpid(), worker.jobs_done)
 
 

@@ -6,7 +6,8 @@ second thread, so heartbeats go on during long jobs; that thread hands each
 result back over an inproc PAIR socket, which wakes the main thread's poll.
 If the broker is silent for `liveness` intervals, or tells us to DISCONNECT,
 the worker makes a new socket and announces itself again; while the broker
-stays away, it waits longer between tries, from 1 s to 32 s.
+stays away, it waits longer between tries, from 1 s to 32 s. If the broker
+REFUSEs it (another pool or protocol), the worker stops: `refused` says why.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from shared import protocol as p
 from shared.settings import Settings
 
 from . import health
+from .jobs import score_job
 from .scorer import Scorer
 
 log = logging.getLogger("reranker.worker")
@@ -38,12 +40,13 @@ class WorkerLoop:
         self.scorer = scorer
         self.context = context or zmq.Context()
         self.info = {**scorer.info, "host": socket.gethostname(), "pid": os.getpid(),
-                     "protocol": p.VERSION.decode()}
+                     "protocol": p.VERSION.decode(), "pool": settings.pool}
         self.stopping = threading.Event()
         self.busy_job: bytes | None = None
         self.jobs_done = 0
         self.socket: zmq.Socket | None = None
         self.broker_seen = 0.0  # wall-clock time of the last message from the broker
+        self.refused: str | None = None  # why the broker would not take us, once it said so
         # results from the scoring thread
         self._results_in = self.context.socket(zmq.PAIR)
         self._results_addr = f"inproc://results-{id(self)}"
@@ -68,7 +71,7 @@ class WorkerLoop:
         poller = zmq.Poller()
         poller.register(self._results_in, zmq.POLLIN)
         poller.register(self.socket, zmq.POLLIN)
-        while True:
+        while self.refused is None:
             if self.stopping.is_set() and self.busy_job is None:
                 self._send(p.encode(p.DISCONNECT))
                 break
@@ -143,30 +146,38 @@ class WorkerLoop:
                 self._start_job(msg.args[0], msg.args[1])
             elif msg.kind == p.DISCONNECT:
                 reconnect = True
+            elif msg.kind == p.REFUSE:
+                self.refused = msg.args[1].decode("utf-8", "replace")
+                log.error("the broker at %s refused this worker: %s", self.settings.broker_url, self.refused)
+                return False
 
     # -- scoring -----------------------------------------------------------------
     def _start_job(self, job_id: bytes, body: bytes) -> None:
         if self.busy_job is not None:
-            self._send(p.encode(p.ERROR, job_id, b"worker is busy"))
+            self._send(p.encode(p.ERROR, job_id, p.encode_kind(p.ErrorKind.WORKER_FAILED), b"worker is busy"))
             return
         try:
             tasks = p.decode_job_body(body)
         except p.ProtocolError as exc:
-            self._send(p.encode(p.ERROR, job_id, str(exc).encode()))
+            self._send(p.encode(p.ERROR, job_id, p.encode_kind(p.ErrorKind.BAD_REQUEST), str(exc).encode()))
             return
         self.busy_job = job_id
-        pairs = [(query, sentence) for query, sentences in tasks for sentence in sentences]
-        self._jobs.put((job_id, pairs))
+        self._jobs.put((job_id, tasks))
 
     def _score_forever(self) -> None:
         """The scoring thread: one job at a time, results back over the inproc socket."""
         while True:
-            job_id, pairs = self._jobs.get()
+            job_id, tasks = self._jobs.get()
+            started = time.perf_counter()
             try:
-                frames = p.encode(p.RESULT, job_id, p.encode_scores(self.scorer.score(pairs)))
+                scores, failures = score_job(self.scorer, tasks)
+                meta = p.encode_result_meta((time.perf_counter() - started) * 1000, failures)
+                frames = p.encode(p.RESULT, job_id, p.encode_scores(scores), meta)
             except Exception as exc:  # noqa: BLE001 - any failure goes back to the broker as ERROR
-                log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-                frames = p.encode(p.ERROR, job_id, f"{type(exc).__name__}: {exc}".encode())
+                traces = ",".join(t.trace for t in tasks if t.trace)
+                log.error("job %s (requests %s) failed:\n%s", job_id, traces or "-", traceback.format_exc())
+                frames = p.encode(p.ERROR, job_id, p.encode_kind(p.ErrorKind.WORKER_FAILED),
+                                  f"{type(exc).__name__}: {exc}".encode())
             self._results_out.send_multipart(frames)
 
     def _forward_result(self) -> None:

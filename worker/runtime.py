@@ -25,6 +25,9 @@ class Runtime(Protocol):
     max_length: int
     padding_side: str
     """Which end of a row holds the padding ("left" or "right"), so that a batch can cut it off."""
+    tokenizer: Any
+    """The Hugging Face tokenizer that `tokenize` uses: its `truncation_side` chooses which end of a
+    too-long pair is cut, and called without truncation it counts a pair's tokens."""
 
     @property
     def info(self) -> dict[str, Any]:

@@ -19,8 +19,9 @@ Anything that can be done once (eval mode, activation, sessions, thread settings
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Protocol
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -36,7 +37,14 @@ from .stub import StubScorer
 class Scorer(Protocol):
     info: dict
 
-    def score(self, pairs: Pairs) -> np.ndarray: ...
+    def score(self, pairs: Pairs, raw: Sequence[bool] | None = None, truncation_side: str = "right") -> np.ndarray:
+        """Scores in pair order: the activation's output, or the logit where `raw` says so; a pair
+        over the model's window loses tokens at its `truncation_side` end."""
+        ...
+
+    def too_long(self, pairs: Pairs) -> list[bool]:
+        """Which pairs exceed the model's window (and would be truncated)."""
+        ...
 
 
 class CrossEncoderScorer:
@@ -69,14 +77,14 @@ class CrossEncoderScorer:
             **runtime.info,
         }
 
-    def score(self, pairs: Pairs) -> np.ndarray:
+    def score(self, pairs: Pairs, raw: Sequence[bool] | None = None, truncation_side: str = "right") -> np.ndarray:
         pairs = [(q, s) for q, s in pairs]
         if not pairs:
             return np.zeros(0, dtype=np.float32)
         torch = self._torch
         runtime = self.runtime
         scores = np.empty(len(pairs), dtype=np.float32)
-        with self._lock, torch.inference_mode():
+        with self._lock, torch.inference_mode(), _truncating(runtime.tokenizer, truncation_side):
             features = runtime.tokenize(pairs)
             mask = features["attention_mask"]
             lengths = mask.sum(1).tolist()
@@ -91,8 +99,28 @@ class CrossEncoderScorer:
                 if torch.is_floating_point(logits) and torch.finfo(logits.dtype).bits < 32:
                     logits = logits.float()  # as predict: upcast bf16 before the activation
                 out = runtime.activation(logits)
+                if raw is not None:
+                    keep = torch.tensor([raw[i] for i in batch]).reshape(-1, *([1] * (logits.ndim - 1)))
+                    out = torch.where(keep, logits, out)  # as predict(activation_fn=Identity) for those pairs
                 scores[batch] = out.reshape(len(batch)).float().numpy()
         return scores
+
+    def too_long(self, pairs: Pairs) -> list[bool]:
+        tokenizer = self.runtime.tokenizer
+        with self._lock:
+            ids = tokenizer([(q, s) for q, s in pairs], truncation=False, padding=False)["input_ids"]
+        return [len(row) > self.runtime.max_length for row in ids]
+
+
+@contextlib.contextmanager
+def _truncating(tokenizer, side: str) -> Iterator[None]:
+    """The tokenizer cuts too-long pairs at `side` for the duration (under the scorer's lock)."""
+    before = tokenizer.truncation_side
+    tokenizer.truncation_side = side
+    try:
+        yield
+    finally:
+        tokenizer.truncation_side = before
 
 
 def load_scorer(settings: Settings) -> Scorer:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from typing import Sequence
 
 import numpy as np
 
@@ -22,12 +23,16 @@ class StubScorer:
 
     def __init__(self, settings: Settings) -> None:
         self.delay = settings.stub_delay_ms / 1000.0
-        self.info = {"model": "stub", "backend": "stub", "precision": "none", "threads": 1}
+        self.info = {"model": "stub", "backend": "stub", "precision": "none", "threads": 1, "max_length": None}
 
-    def score(self, pairs: Pairs) -> np.ndarray:
+    def score(self, pairs: Pairs, raw: Sequence[bool] | None = None, truncation_side: str = "right") -> np.ndarray:
+        """The overlap share; it has no activation, so a raw score is the same number, and no window."""
         if self.delay:
             time.sleep(self.delay * len(pairs))
         return np.array([stub_score(q, s) for q, s in pairs], dtype=np.float32)
+
+    def too_long(self, pairs: Pairs) -> list[bool]:
+        return [False] * len(pairs)
 
 
 def stub_score(query: str, sentence: str) -> float:

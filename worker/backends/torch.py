@@ -28,6 +28,7 @@ class TorchRuntime:
             quantize_int8(ce)
         self.memos = memoize_relative_positions(ce[0].auto_model)  # exact: constants computed once
         self.model = ce
+        self.tokenizer = ce.tokenizer
         self.num_labels = ce.num_labels
         self.activation = ce.activation_fn
         self.padding_side = getattr(ce[0].tokenizer, "padding_side", "right")
