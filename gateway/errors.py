@@ -30,14 +30,17 @@ from .asgi import Answer, to_response
 class ServiceError(Exception):
     """A request the gateway answers with an error: what kind of failure, and a message for the caller.
 
-    `errors` lists what is wrong with an invalid request, field by field (FastAPI's list).
+    `errors` lists what is wrong with an invalid request, field by field (FastAPI's list);
+    `retry_after`, the seconds after which a retry may succeed, where the broker measured them.
     """
 
-    def __init__(self, kind: ErrorKind, message: str, errors: list | None = None) -> None:
+    def __init__(self, kind: ErrorKind, message: str, errors: list | None = None,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.errors = errors
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ RULES: dict[ErrorKind, Rule] = {
     ErrorKind.NOT_READY: Rule(503, "The broker is not answering"),
     ErrorKind.SHUTTING_DOWN: Rule(503, "The gateway process is stopping", retry_after=True),
 }
-RETRY_AFTER = (b"retry-after", b"1")  # seconds
+RETRY_AFTER = (b"retry-after", b"1")  # seconds, where the error does not say
 
 
 def openapi_responses(kinds: Iterable[ErrorKind]) -> dict[int, dict]:
@@ -87,7 +90,14 @@ def detail_body(error: ServiceError) -> Any:
 
 def answer(error: ServiceError, dialect: Dialect = detail_body) -> Answer:
     rule = RULES[error.kind]
-    return Answer(rule.status, render(dialect(error)), [RETRY_AFTER] if rule.retry_after else [])
+    return Answer(rule.status, render(dialect(error)), [retry_after(error)] if rule.retry_after else [])
+
+
+def retry_after(error: ServiceError) -> tuple[bytes, bytes]:
+    """The Retry-After header: whole seconds, at least 1."""
+    if error.retry_after is None:
+        return RETRY_AFTER
+    return (b"retry-after", b"%d" % max(1, math.ceil(error.retry_after)))
 
 
 def render(body: Any) -> bytes:

@@ -12,10 +12,19 @@ Gateway process (client) <-> broker frontend
     REQUEST   c->b  request_id, task      task: a Task's JSON (below), for one HTTP request
     REPLY     b->c  request_id, scores, meta   scores: little-endian float32, one per sentence;
                                           meta: JSON {"queue_ms", "compute_ms", "inference_ms"}
-    FAIL      b->c  request_id, kind, message  kind: an ErrorKind's ASCII name, e.g. b"overloaded"
+    FAIL      b->c  request_id, kind, message [, retry_after]
+                                          kind: an ErrorKind's ASCII name, e.g. b"overloaded";
+                                          retry_after (optional): seconds, ASCII, when to try again
     CANCEL    c->b  request_id            the caller has gone: drop what is left of its work
+    PING      c->b  (no arguments)        every heartbeat interval
+    PONG      b->c  epoch                 epoch: random bytes the broker draws when it starts
     STATUS    c->b  request_id            asks for the pool's state
     STATUS    b->c  request_id, body      body: JSON {"workers", "idle", "queued", "running", "pool", ...}
+
+A broker that crashes loses what it held; its supervisor starts a new one with a new epoch. A client
+keeps every REQUEST it has sent and not had answered, with the epoch it last heard when it sent
+it; when a PONG brings another epoch it sends those again (scoring is idempotent, and the broker
+ignores a REQUEST it already holds). So a broker crash costs latency, not requests.
 
 Worker <-> broker backend
     READY     w->b  info          JSON {"protocol", "pool", "model", "backend", "precision", "max_length",
@@ -52,6 +61,8 @@ REPLY = b"\x02"
 FAIL = b"\x03"
 STATUS = b"\x04"
 CANCEL = b"\x05"
+PING = b"\x06"
+PONG = b"\x07"
 READY = b"\x10"
 JOB = b"\x11"
 RESULT = b"\x12"
@@ -61,13 +72,14 @@ DISCONNECT = b"\x15"
 REFUSE = b"\x16"
 
 NAMES = {
-    REQUEST: "REQUEST", REPLY: "REPLY", FAIL: "FAIL", STATUS: "STATUS", CANCEL: "CANCEL", READY: "READY",
-    JOB: "JOB", RESULT: "RESULT", ERROR: "ERROR", HEARTBEAT: "HEARTBEAT", DISCONNECT: "DISCONNECT",
+    REQUEST: "REQUEST", REPLY: "REPLY", FAIL: "FAIL", STATUS: "STATUS", CANCEL: "CANCEL", PING: "PING",
+    PONG: "PONG", READY: "READY", JOB: "JOB", RESULT: "RESULT", ERROR: "ERROR", HEARTBEAT: "HEARTBEAT", DISCONNECT: "DISCONNECT",
     REFUSE: "REFUSE",
 }
 # Number of argument frames after version and type; STATUS has 1 (ask) or 2 (answer).
 ARITY = {
-    REQUEST: (2,), REPLY: (3,), FAIL: (3,), STATUS: (1, 2), CANCEL: (1,), READY: (1,), JOB: (2,),
+    REQUEST: (2,), REPLY: (3,), FAIL: (3, 4), STATUS: (1, 2), CANCEL: (1,), PING: (0,), PONG: (1,), READY: (1,),
+    JOB: (2,),
     RESULT: (3,), ERROR: (3,), HEARTBEAT: (0,), DISCONNECT: (0,), REFUSE: (2,),
 }
 SCORE_DTYPE = np.dtype("<f4")
@@ -312,6 +324,20 @@ def decode_json_object(raw: bytes, what: str) -> dict:
     if not isinstance(body, dict):
         raise ProtocolError(f"{what} must be a JSON object")
     return body
+
+
+def encode_retry_after(seconds: float) -> bytes:
+    return b"%.3f" % seconds
+
+
+def decode_retry_after(raw: bytes) -> float:
+    try:
+        seconds = float(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise ProtocolError(f"retry_after {raw[:20]!r} is not a number") from None
+    if not 0 <= seconds < 1e9:
+        raise ProtocolError(f"retry_after {seconds!r} is out of range")
+    return seconds
 
 
 def encode_kind(kind: ErrorKind) -> bytes:

@@ -78,3 +78,20 @@ def test_openapi_lists_each_status_once_with_every_cause():
     responses = errors.openapi_responses([ErrorKind.NO_WORKER, ErrorKind.TOO_LARGE, ErrorKind.SHUTTING_DOWN])
     assert list(responses) == [413, 503]
     assert "No worker" in responses[503]["description"] and "stopping" in responses[503]["description"]
+
+
+@pytest.mark.parametrize("seconds, header", [(None, b"1"), (0.2, b"1"), (1.0, b"1"), (7.01, b"8"), (42.5, b"43")])
+def test_retry_after_is_the_brokers_measure_in_whole_seconds(seconds, header):
+    frames = p.encode(p.FAIL, b"7", p.encode_kind(ErrorKind.OVERLOADED), b"busy")
+    if seconds is not None:
+        frames.append(p.encode_retry_after(seconds))
+    msg = p.decode(frames)
+    retry = p.decode_retry_after(msg.args[3]) if len(msg.args) > 3 else None
+    _, _, headers = errors.answer(ServiceError(ErrorKind.OVERLOADED, "busy", retry_after=retry))
+    assert headers == [(b"retry-after", header)]
+
+
+@pytest.mark.parametrize("raw", [b"soon", b"nan", b"inf", b"-1", b"\xff"])
+def test_a_retry_after_that_is_not_a_number_of_seconds_is_refused(raw):
+    with pytest.raises(p.ProtocolError):
+        p.decode_retry_after(raw)
