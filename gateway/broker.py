@@ -3,8 +3,13 @@
 Two ROUTER sockets, as in the zguide's lbbroker/ppqueue: the frontend (bound
 on a local endpoint) serves the gateway processes, the backend (bound on
 RERANKER_WORKERS_BIND) serves workers, which connect to it. The loop moves
-messages between the sockets and the Scheduler and sends heartbeats to
-workers; all decisions are the Scheduler's.
+messages between the sockets and the Scheduler, sends heartbeats to
+workers and answers the gateway processes' PINGs with its epoch (a new one
+each time the broker starts: shared/protocol.py says what clients do with
+it); all decisions are the Scheduler's. The broker's own judgements are of
+what reaches it: a worker it cannot send to is gone at once, and a worker
+that sends what it should not is dropped. Lines about peers' messages are
+rate-limited, so that a peer cannot flood the log.
 """
 
 from __future__ import annotations
@@ -18,22 +23,34 @@ from pathlib import Path
 import zmq
 
 from shared import protocol as p
+from shared.ratelimit import RateLimitedLog
 from shared.settings import Settings
 
 from .scheduler import Disconnect, Fail, Reply, Scheduler, SendJob
 
 log = logging.getLogger("reranker.broker")
 
+# Work goes to workers heard from within this many heartbeat intervals (one, and half of one for lateness).
+FRESH_HEARTBEATS = 1.5
 
-def make_scheduler(settings: Settings) -> Scheduler:
+
+def make_scheduler(settings: Settings, job_prefix: bytes = b"") -> Scheduler:
+    expiry = settings.heartbeat_interval * settings.heartbeat_liveness
     return Scheduler(
-        heartbeat_expiry=settings.heartbeat_interval * settings.heartbeat_liveness,
+        heartbeat_expiry=expiry,
         request_timeout=settings.request_timeout,
         no_worker_grace=settings.no_worker_grace,
         max_batch_pairs=settings.max_batch_pairs,
         min_split_pairs=settings.min_split_pairs,
         max_retries=settings.max_retries,
         max_queued=settings.max_queued,
+        max_queued_pairs=settings.max_queued_pairs,
+        fresh_within=settings.heartbeat_interval * FRESH_HEARTBEATS,
+        # A job is taken back from a worker that holds it well past its measured rate, but never
+        # sooner than this: time for several tries within one request timeout, and well past a
+        # heartbeat expiry (a dead worker is purged first).
+        job_floor=max(2 * expiry, settings.request_timeout / 4),
+        job_prefix=job_prefix,
     )
 
 
@@ -41,7 +58,12 @@ class Broker:
     def __init__(self, settings: Settings, context: zmq.Context | None = None) -> None:
         self.settings = settings
         self.context = context or zmq.Context.instance()
-        self.scheduler = make_scheduler(settings)
+        self.epoch = os.urandom(8).hex().encode()  # this broker's life: clients re-send when it changes
+        self.scheduler = make_scheduler(settings, job_prefix=self.epoch + b"/")
+        # A broker that has just started (again) gives the workers a heartbeat expiry to find it (they
+        # notice a restart at their next heartbeat) before the no-worker grace starts counting.
+        self.scheduler.no_workers_since = time.monotonic() + self.scheduler.heartbeat_expiry
+        self.peers = RateLimitedLog(log)
         self.frontend = self._router(settings.frontend_url)
         self.backend = self._router(settings.workers_bind)
         self.running = False
@@ -79,9 +101,13 @@ class Broker:
                 log.error("the gateway process %d is gone; broker exits", parent)
                 break
             if now >= next_heartbeat:
-                for identity in list(self.scheduler.workers):
-                    self._send(self.backend, identity, p.encode(p.HEARTBEAT))
+                heartbeat = p.encode(p.HEARTBEAT)
+                gone = [identity for identity in self.scheduler.workers
+                        if not self._send(self.backend, identity, heartbeat)]
+                if gone:  # their connections are closed: they are dead, not late
+                    self.scheduler.purge(gone, now)
                 next_heartbeat = now + interval
+                self.peers.flush()
             self._flush()
 
     def stop(self) -> None:
@@ -103,7 +129,9 @@ class Broker:
             try:
                 handler(identity, p.decode(body), now)
             except p.ProtocolError as exc:
-                log.warning("dropped a malformed message from %r: %s", identity, exc)
+                self.peers.warning("dropped a malformed message from %s: %s", identity.hex(), exc)
+                if sock is self.backend and identity in self.scheduler.workers:
+                    self.scheduler.drop_worker(identity, now, f"malformed message: {exc}")
             self._flush()
 
     def _on_worker(self, identity: bytes, msg: p.Message, now: float) -> None:
@@ -114,7 +142,7 @@ class Broker:
             if msg.kind != p.DISCONNECT:
                 # Unknown worker (we restarted, or purged it): tell it to start over.
                 self._send(self.backend, identity, p.encode(p.DISCONNECT))
-        elif msg.kind == p.RESULT:
+        elif msg.kind == p.RESULT:  # malformed scores or meta raise: the worker is dropped (_drain)
             job = s.jobs.get(msg.args[0])
             tasks = len(job.owners) if job is not None else 0
             compute_ms, errors = p.decode_result_meta(msg.args[2], tasks)
@@ -122,10 +150,10 @@ class Broker:
         elif msg.kind == p.ERROR:
             s.job_failed(identity, msg.args[0], p.decode_kind(msg.args[1]), msg.args[2].decode("utf-8", "replace"), now)
         elif msg.kind == p.DISCONNECT:
-            log.info("worker %s left", identity.hex())
+            self.peers.info("worker %s left", identity.hex())
             s.worker_gone(identity, now, graceful=True)
         elif msg.kind != p.HEARTBEAT:
-            log.warning("unexpected %s from worker %s", msg.name, identity.hex())
+            raise p.ProtocolError(f"a worker does not send {msg.name}")
 
     def _on_ready(self, identity: bytes, raw: bytes, now: float) -> None:
         """A worker announces itself: it joins the pool if it speaks this protocol and names this pool."""
@@ -137,11 +165,11 @@ class Broker:
             return self._refuse(identity, p.ErrorKind.WRONG_POOL,
                                 f"this broker serves pool {self.settings.pool!r}, not {info['pool']!r} "
                                 "(RERANKER_POOL must be the same on the gateway and its workers)")
-        log.info("worker %s ready: %s", identity.hex(), info)
+        self.peers.info("worker %s ready: %s", identity.hex(), info)
         self.scheduler.worker_ready(identity, info, now)
 
     def _refuse(self, identity: bytes, kind: p.ErrorKind, message: str) -> None:
-        log.warning("refused worker %s: %s", identity.hex(), message)
+        self.peers.warning("refused worker %s: %s", identity.hex(), message)
         self._send(self.backend, identity, p.encode(p.REFUSE, p.encode_kind(kind), message.encode()))
 
     def _on_client(self, identity: bytes, msg: p.Message, now: float) -> None:
@@ -156,11 +184,13 @@ class Broker:
             self.scheduler.submit(identity, rid, task, now)
         elif msg.kind == p.CANCEL:
             self.scheduler.cancel(identity, msg.args[0])
+        elif msg.kind == p.PING:
+            self._send(self.frontend, identity, p.encode(p.PONG, self.epoch))
         elif msg.kind == p.STATUS:
             body = p.encode_json(self.scheduler.status())
             self._send(self.frontend, identity, p.encode(p.STATUS, msg.args[0], body))
         else:
-            log.warning("unexpected %s from gateway process %r", msg.name, identity)
+            self.peers.warning("unexpected %s from gateway process %s", msg.name, identity.hex())
 
     # -- outbound --------------------------------------------------------------
     def _flush(self) -> None:
@@ -171,15 +201,23 @@ class Broker:
         for action in actions:
             if isinstance(action, SendJob):
                 body = p.encode_job_body(action.tasks)
+                # Reading EVENTS makes the socket take in what its I/O thread knows (as sends do only
+                # now and then): a peer whose connection has closed is then unroutable, and the send
+                # below fails instead of dropping the job into a pipe that is going away.
+                self.backend.getsockopt(zmq.EVENTS)
                 if not self._send(self.backend, action.worker, p.encode(p.JOB, action.job_id, body)):
-                    self.scheduler.worker_gone(action.worker, time.monotonic())
+                    # Gone before the job left: the job never started, so it costs no retry.
+                    self.scheduler.worker_gone(action.worker, time.monotonic(), graceful=True)
             elif isinstance(action, Reply):
                 self._send(self.frontend, action.client, p.encode(p.REPLY, action.rid, p.encode_scores(action.scores),
                                                                  p.encode_json(action.meta)))
             elif isinstance(action, Fail):
-                self._send(self.frontend, action.client,
-                           p.encode(p.FAIL, action.rid, p.encode_kind(action.kind), action.message.encode()))
+                frames = p.encode(p.FAIL, action.rid, p.encode_kind(action.kind), action.message.encode())
+                if action.retry_after is not None:
+                    frames.append(p.encode_retry_after(action.retry_after))
+                self._send(self.frontend, action.client, frames)
             elif isinstance(action, Disconnect):
+                self.peers.warning("dropped worker %s: %s", action.worker.hex(), action.reason)
                 self._send(self.backend, action.worker, p.encode(p.DISCONNECT))
 
     def _send(self, sock: zmq.Socket, identity: bytes, frames: list[bytes]) -> bool:
@@ -187,7 +225,7 @@ class Broker:
             sock.send_multipart([identity, *frames], zmq.NOBLOCK)
             return True
         except (zmq.Again, zmq.ZMQError) as exc:  # peer gone (ROUTER_MANDATORY) or its queue full
-            log.warning("could not send to %r: %s", identity, exc)
+            self.peers.warning("could not send to %s: %s", identity.hex(), exc)
             return False
 
 

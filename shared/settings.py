@@ -157,6 +157,12 @@ class Settings(BaseSettings):
         "Seconds a request waits for some worker to be connected before it gets 503.", read_by=(BROKER,))
     max_queued: integer(1) = option(
         256, "RERANKER_MAX_QUEUED", "Most requests waiting or running at once; more get 429.", read_by=(BROKER,))
+    max_queued_pairs: integer(1) = option(
+        16384, "RERANKER_MAX_QUEUED_PAIRS",
+        "Most (query, sentence) pairs waiting or being scored at once; a request that would pass it gets 429 "
+        "(one request alone is always taken). A request that the workers, at their measured rate, would not "
+        "reach within RERANKER_REQUEST_TIMEOUT gets 429 at once too, with a Retry-After from that rate.",
+        read_by=(BROKER,))
     max_retries: integer(0) = option(
         2, "RERANKER_MAX_RETRIES",
         "How often work lost with a dead worker is re-dispatched before its request fails.", read_by=(BROKER,))
@@ -169,7 +175,9 @@ class Settings(BaseSettings):
         "Fewest pairs worth a job of their own: a request is split across idle workers only in "
         "shares of at least this many pairs.", read_by=(BROKER,))
     heartbeat_interval: number() = option(
-        1.0, "RERANKER_HEARTBEAT_INTERVAL", "Seconds between heartbeats, both ways.", read_by=(BROKER, WORKER))
+        1.0, "RERANKER_HEARTBEAT_INTERVAL",
+        "Seconds between heartbeats, both ways (and between a gateway process's pings to its broker).",
+        read_by=(GATEWAY, BROKER, WORKER))
     heartbeat_liveness: integer(1) = option(
         3, "RERANKER_HEARTBEAT_LIVENESS", "Heartbeats missed before a peer is taken for dead.",
         read_by=(BROKER, WORKER))
@@ -215,6 +223,10 @@ class Settings(BaseSettings):
         computed=lambda values: f"{tempfile.gettempdir()}/reranker-worker-health.json")
     stub_delay_ms: number(0.0, inclusive=True) = option(
         0.0, "RERANKER_STUB_DELAY_MS", "Stub backend only: simulated compute per pair, in ms.", read_by=(WORKER,))
+    stub_fail_on: Text | None = option(
+        None, "RERANKER_STUB_FAIL_ON",
+        "Stub backend only: a job with a sentence containing this text fails, as a scorer that raises.",
+        read_by=(WORKER,), shown="unset")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,

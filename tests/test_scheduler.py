@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gateway.scheduler import Fail, Reply, Scheduler, SendJob
+from gateway.scheduler import Disconnect, Fail, Reply, Scheduler, SendJob
 from shared.protocol import ErrorKind, ScoreOptions, Task
 
 
@@ -199,16 +199,6 @@ def test_empty_request_is_answered_at_once():
     assert isinstance(reply, Reply) and reply.scores.shape == (0,) and not s.requests
 
 
-def test_wrong_number_of_scores_fails_the_request():
-    s = make()
-    s.worker_ready(b"w", {}, now=0)
-    s.submit(b"c", b"r", Task("q", sents(3)), now=0)
-    (job,) = s.drain()
-    s.job_done(b"w", job.job_id, np.zeros(2, np.float32), now=1)
-    (fail,) = s.drain()
-    assert fail.kind is ErrorKind.BAD_REPLY and "2 scores for 3" in fail.message
-
-
 def test_worker_error_fails_the_request():
     s = make()
     s.worker_ready(b"w", {}, now=0)
@@ -299,3 +289,260 @@ def test_a_cancelled_request_is_dropped_from_the_queue_and_its_late_result_ignor
     s.submit(b"c", b"next", Task("q", sents(1)), now=1)
     (next_job,) = s.drain()  # the worker is idle again: the cancelled rest did not take it
     assert next_job.tasks[0].sentences == ["s0"]
+
+
+# -- answers that do not fit: refused, the worker dropped, the work done elsewhere ------------------
+
+def two_workers_one_job(**kw):
+    s = make(**kw)
+    s.worker_ready(b"w1", {}, now=0)
+    s.submit(b"c", b"r", Task("q", sents(3)), now=0)
+    (job,) = s.drain()
+    s.worker_ready(b"w2", {}, now=0.5)
+    assert s.drain() == []
+    return s, job
+
+
+@pytest.mark.parametrize("scores, why", [
+    (np.zeros(2, np.float32), "2 scores for 3"),
+    (np.zeros(4, np.float32), "4 scores for 3"),
+    (np.array([0.5, np.nan, 0.5], np.float32), "1 scores that are not finite"),
+    (np.array([np.inf, -np.inf, 0.5], np.float32), "2 scores that are not finite"),
+])
+def test_a_result_that_does_not_fit_is_refused_and_the_work_goes_elsewhere(scores, why):
+    s, job = two_workers_one_job()
+    s.job_done(b"w1", job.job_id, scores, now=1)
+    dropped, again = s.drain()
+    assert isinstance(dropped, Disconnect) and dropped.worker == b"w1" and why in dropped.reason
+    assert isinstance(again, SendJob) and again.worker == b"w2" and again.tasks == job.tasks
+    assert b"w1" not in s.workers and s.stats["dropped"] == 1
+    s.job_done(b"w2", again.job_id, scores_for(again), now=2)
+    (reply,) = s.drain()
+    assert isinstance(reply, Reply) and reply.scores.tolist() == [0, 1, 2]
+
+
+def test_a_result_for_a_job_the_worker_does_not_hold_drops_it_and_nothing_else():
+    s, job = two_workers_one_job()
+    s.job_done(b"w2", job.job_id, np.full(3, 0.9, np.float32), now=1)  # w2 answers w1's job
+    (dropped,) = s.drain()
+    assert dropped == Disconnect(b"w2", dropped.reason) and "does not hold" in dropped.reason
+    s.job_done(b"w1", job.job_id, scores_for(job), now=2)
+    (reply,) = s.drain()
+    assert reply.scores.tolist() == [0, 1, 2]  # the owner's answer, not the intruder's
+    s.job_failed(b"w1", b"no-such-job", ErrorKind.WORKER_FAILED, "?", now=3)
+    assert [type(a) for a in s.drain()] == [Disconnect] and not s.workers
+
+
+def test_bad_replies_past_the_retries_fail_the_request_as_bad_reply():
+    s = make(max_retries=1)
+    s.submit(b"c", b"r", Task("q", sents(2)), now=0)
+    for i in range(2):
+        s.worker_ready(b"w%d" % i, {}, now=i)
+        (job,) = [a for a in s.drain() if isinstance(a, SendJob)]
+        s.job_done(job.worker, job.job_id, np.full(2, np.nan, np.float32), now=i + 0.5)
+    dropped, fail = s.drain()
+    assert isinstance(dropped, Disconnect)
+    assert isinstance(fail, Fail) and fail.kind is ErrorKind.BAD_REPLY and "not finite" in fail.message
+
+
+def test_nan_scores_of_a_task_the_worker_says_failed_are_not_a_bad_reply():
+    s = make(max_batch_pairs=8)
+    s.submit(b"c", b"a", Task("qa", sents(2)), now=0)
+    s.submit(b"c", b"b", Task("qb", sents(2, 5)), now=0)
+    s.worker_ready(b"w", {}, now=0)
+    (job,) = s.drain()
+    scores = np.array([np.nan, np.nan, 5, 6], np.float32)
+    s.job_done(b"w", job.job_id, scores, now=1, errors={0: (ErrorKind.TOO_LONG, "too long")})
+    out = {a.rid: a for a in s.drain()}
+    assert out[b"a"].kind is ErrorKind.TOO_LONG and out[b"b"].scores.tolist() == [5, 6]
+    assert b"w" in s.workers
+
+
+# -- a job that fails is run again apart ----------------------------------------------------
+
+def test_a_failed_job_of_several_requests_runs_again_one_job_per_request():
+    s = make(max_batch_pairs=8)
+    for rid, start in ((b"a", 0), (b"bad", 10), (b"c", 20)):
+        s.submit(b"cl", rid, Task("q", sents(2, start)), now=0)
+    s.worker_ready(b"w", {}, now=0)
+    (merged,) = s.drain()
+    assert len(merged.tasks) == 3
+    s.job_failed(b"w", merged.job_id, ErrorKind.WORKER_FAILED, "ValueError: boom", now=1)
+    answers, jobs = {}, 0
+    out = s.drain()
+    while out:
+        (job,) = [a for a in out if isinstance(a, SendJob)] or [None]
+        answers.update({a.rid: a for a in out if not isinstance(a, SendJob)})
+        if job is None:
+            break
+        jobs += 1
+        assert len(job.tasks) == 1  # one request a job now
+        if job.tasks[0].sentences[0] == "s10":
+            s.job_failed(b"w", job.job_id, ErrorKind.WORKER_FAILED, "ValueError: boom", now=2)
+        else:
+            s.job_done(b"w", job.job_id, scores_for(job), now=2)
+        out = s.drain()
+    assert jobs == 3 and set(answers) == {b"a", b"bad", b"c"}
+    assert answers[b"bad"].kind is ErrorKind.WORKER_FAILED and "boom" in answers[b"bad"].message
+    assert answers[b"a"].scores.tolist() == [0, 1] and answers[b"c"].scores.tolist() == [20, 21]
+    assert s.stats["isolated"] == 1 and s.stats["redispatched"] == 3
+
+
+def test_lost_work_travels_alone_afterwards():
+    s = make(max_batch_pairs=8, max_retries=3)
+    s.worker_ready(b"w1", {}, now=0)
+    s.submit(b"c", b"a", Task("q", sents(2)), now=0)
+    s.drain()
+    s.worker_gone(b"w1", now=1)  # a's piece is lost once
+    s.submit(b"c", b"b", Task("q", sents(2, 5)), now=1)
+    s.worker_ready(b"w2", {}, now=1)
+    (job,) = s.drain()
+    assert [t.sentences for t in job.tasks] == [["s0", "s1"]]  # not merged with b
+    s.job_done(b"w2", job.job_id, scores_for(job), now=2)
+    reply, job2 = s.drain()
+    assert reply.rid == b"a" and job2.tasks[0].sentences == ["s5", "s6"]
+
+
+# -- only live workers get work; jobs held too long are taken back ----------------------------
+
+def test_work_goes_only_to_workers_heard_from_lately():
+    s = make(fresh_within=1.0)
+    s.worker_ready(b"frozen", {}, now=0)
+    s.worker_ready(b"live", {}, now=0)
+    s.worker_seen(b"live", now=1.5)
+    s.submit(b"c", b"r", Task("q", sents(1)), now=1.8)
+    (job,) = s.drain()
+    assert job.worker == b"live"  # though "frozen" has been idle longer
+    s.submit(b"c", b"r2", Task("q", sents(1)), now=1.9)
+    assert s.drain() == []  # waits for a live worker rather than go to the silent one
+    s.worker_seen(b"frozen", now=2.0)  # it was late, not dead
+    (job2,) = s.drain()
+    assert job2.worker == b"frozen"
+
+
+def test_a_worker_that_holds_a_job_past_its_allowance_is_dropped_and_the_job_redone():
+    s = make(job_floor=5.0, heartbeat_expiry=100)
+    s.worker_ready(b"mute", {}, now=0)
+    s.submit(b"c", b"r", Task("q", sents(2)), now=0)
+    (job,) = s.drain()
+    s.worker_ready(b"good", {}, now=0)
+    assert s.next_deadline() == 5.0
+    s.worker_seen(b"mute", now=4.9)  # heartbeats, never answers
+    s.tick(now=4.9)
+    assert s.drain() == []
+    s.tick(now=5.0)
+    dropped, again = s.drain()
+    assert dropped.worker == b"mute" and "no answer" in dropped.reason and again.worker == b"good"
+    s.job_done(b"good", again.job_id, scores_for(again), now=5.5)
+    assert s.drain()[0].scores.tolist() == [0, 1]
+
+
+def test_the_only_worker_is_not_dropped_for_a_slow_job():
+    s = make(job_floor=5.0, heartbeat_expiry=100, request_timeout=60)
+    s.worker_ready(b"slow", {}, now=0)
+    s.submit(b"c", b"r", Task("q", sents(2)), now=0)
+    (job,) = s.drain()
+    s.tick(now=5.0)
+    assert s.drain() == [] and b"slow" in s.workers
+    s.job_done(b"slow", job.job_id, scores_for(job), now=7)
+    assert isinstance(s.drain()[0], Reply)
+
+
+def test_the_allowance_follows_the_workers_measured_time_per_character():
+    s = make(job_floor=1.0, heartbeat_expiry=100, request_timeout=100, max_batch_pairs=40)
+    s.worker_ready(b"w", {}, now=0)
+    s.submit(b"c", b"warm", Task("q", ["x" * 9] * 10), now=0)  # 10 pairs of 10 characters
+    (job,) = s.drain()
+    s.job_done(b"w", job.job_id, np.zeros(10, np.float32), now=1.0)  # 0.01 s a character
+    s.drain()
+    s.submit(b"c", b"long", Task("q", ["x" * 99] * 20), now=1.0)  # 20 pairs of 100 characters
+    (long,) = s.drain()
+    assert s.jobs[long.job_id].deadline == pytest.approx(1.0 + 4 * 2000 * 0.01)  # JOB_SLACK x 2000 x 0.01 s
+    s.worker_ready(b"new", {}, now=1.0)  # not measured: the pool's mean
+    s.submit(b"c", b"short", Task("q", ["x" * 9] * 5), now=1.0)
+    (short,) = s.drain()
+    assert short.worker == b"new" and s.jobs[short.job_id].deadline == pytest.approx(1.0 + 4 * 50 * 0.01)
+
+
+# -- admission in pairs, against the measured rate --------------------------------------------
+
+def measured(s, worker=b"w", pairs=10, seconds=1.0):
+    """A worker that scored `pairs` pairs in `seconds`: the pool's rate is known."""
+    s.worker_ready(worker, {}, now=0)
+    s.submit(b"c", b"warm-" + worker, Task("q", sents(pairs)), now=0)
+    (job,) = s.drain()
+    s.job_done(worker, job.job_id, scores_for(job), now=seconds)
+    s.drain()
+
+
+def test_a_request_the_pool_cannot_reach_in_time_is_refused_at_once_with_when_to_retry():
+    s = make(request_timeout=10, max_batch_pairs=10)
+    measured(s)  # 10 pairs/s: a job of 10 pairs takes 1 s
+    assert s.status()["pairs_per_s"] == 10
+    s.submit(b"c", b"r1", Task("q", sents(50)), now=1)  # 5 s of work, and 1 s for the last job: taken
+    s.submit(b"c", b"r2", Task("q", sents(30)), now=1)  # 8 + 1 s: taken
+    assert not any(isinstance(a, Fail) for a in s.drain())
+    s.submit(b"c", b"r3", Task("q", sents(20)), now=1)  # 10 + 1 s > 10 s
+    (fail,) = s.drain()
+    assert fail.rid == b"r3" and fail.kind is ErrorKind.OVERLOADED
+    assert fail.retry_after == pytest.approx(1.0) and "10.0 pairs/s" in fail.message
+    assert s.stats["overloaded"] == 1 and s.pending_pairs == 80
+
+
+def test_the_pairs_held_are_bounded_but_one_request_alone_is_always_taken():
+    s = make(max_queued_pairs=10)
+    s.submit(b"c", b"big", Task("q", sents(30)), now=0)  # alone: taken, though over the bound
+    s.submit(b"c", b"more", Task("q", sents(1)), now=0)
+    (fail,) = s.drain()
+    assert fail.rid == b"more" and fail.kind is ErrorKind.OVERLOADED and "limit of 10" in fail.message
+    assert fail.retry_after is None  # no rate measured yet: the gateway's default applies
+    s.cancel(b"c", b"big")
+    assert s.pending_pairs == 0
+    s.submit(b"c", b"after", Task("q", sents(10)), now=1)
+    assert s.drain() == [] and s.pending_pairs == 10
+
+
+def test_pending_pairs_follow_answers_failures_and_timeouts():
+    s = make(request_timeout=5, max_batch_pairs=2)
+    s.worker_ready(b"w", {}, now=0)
+    s.submit(b"c", b"a", Task("q", sents(3)), now=0)
+    s.submit(b"c", b"b", Task("q", sents(4)), now=0)
+    (job,) = s.drain()
+    assert s.pending_pairs == 7
+    s.job_done(b"w", job.job_id, scores_for(job), now=1)
+    assert s.pending_pairs == 5
+    s.tick(now=5)  # both time out
+    assert s.pending_pairs == 0 and not s.requests
+
+
+def test_a_request_sent_again_while_held_is_not_scored_twice():
+    s = make()
+    s.worker_ready(b"w", {}, now=0)
+    s.submit(b"c", b"r", Task("q", sents(2)), now=0)
+    s.submit(b"c", b"r", Task("q", sents(2)), now=0.1)  # the client's re-send after a broker restart
+    (job,) = s.drain()
+    s.job_done(b"w", job.job_id, scores_for(job), now=1)
+    assert [type(a) for a in s.drain()] == [Reply]
+    assert s.stats["requests"] == 1
+
+
+def test_job_ids_carry_the_brokers_prefix():
+    s = make(job_prefix=b"e1/")
+    s.worker_ready(b"w", {}, now=0)
+    s.submit(b"c", b"r", Task("q", sents(1)), now=0)
+    (job,) = s.drain()
+    assert job.job_id.startswith(b"e1/")
+
+
+def test_workers_that_have_answered_a_job_come_first():
+    s = make()
+    s.worker_ready(b"proven", {}, now=0)
+    s.submit(b"c", b"r1", Task("q", sents(1)), now=0)
+    (job,) = s.drain()
+    s.worker_ready(b"new", {}, now=0.1)  # idle since 0.1, longer than "proven" will be
+    s.job_done(b"proven", job.job_id, scores_for(job), now=0.5)
+    s.drain()
+    s.submit(b"c", b"r2", Task("q", sents(1)), now=1)
+    s.submit(b"c", b"r3", Task("q", sents(1)), now=1)
+    assert [a.worker for a in s.drain()] == [b"proven", b"new"]  # the new one when no other is idle
+    assert s.status()["idle"] == 0
