@@ -4,6 +4,10 @@ One DEALER socket per process, made by start() in the app's lifespan, i.e.
 after gunicorn has forked. Many requests share it: each carries a request id,
 and one reader task resolves the waiting future when the broker answers.
 Failures are raised as ServiceErrors of a kind (shared.protocol.ErrorKind).
+
+The client pings the broker every heartbeat interval and keeps the REQUESTs it
+has sent and not had answered; when the broker's epoch in a PONG changes (the
+broker was restarted), it sends them again (shared/protocol.py).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import itertools
 import logging
 import os
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -20,6 +25,7 @@ import zmq.asyncio
 
 from shared import protocol as p
 from shared.protocol import ErrorKind
+from shared.ratelimit import RateLimitedLog
 from shared.settings import Settings
 
 from .errors import ServiceError
@@ -32,15 +38,27 @@ class Scored(NamedTuple):
     meta: dict          # the broker's timings: queue_ms, compute_ms, inference_ms
 
 
+@dataclass
+class Sent:
+    """A REQUEST not answered yet, and the broker epoch it was last sent under (None: before the
+    first PONG)."""
+    frames: list[bytes]
+    epoch: bytes | None
+
+
 class BrokerClient:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.context: zmq.asyncio.Context | None = None
         self.socket: zmq.asyncio.Socket | None = None
+        self.epoch: bytes | None = None  # the broker's, from its last PONG
+        self.resent = 0  # requests sent again to a restarted broker
         self._ids = itertools.count(1)
         self._prefix = b""
         self._waiting: dict[bytes, asyncio.Future] = {}
-        self._reader: asyncio.Task | None = None
+        self._unanswered: dict[bytes, Sent] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._peers = RateLimitedLog(log)
 
     async def start(self) -> None:
         """Connect; call in the process and event loop that will use the client (after fork)."""
@@ -50,13 +68,14 @@ class BrokerClient:
         self.socket.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_bytes)
         self.socket.connect(self.settings.frontend_url)
         self._prefix = b"%x:" % os.getpid()
-        self._reader = asyncio.create_task(self._read(), name="broker-reader")
+        self._tasks = [asyncio.create_task(self._read(), name="broker-reader"),
+                       asyncio.create_task(self._ping(), name="broker-ping")]
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
+        for task in self._tasks:
+            task.cancel()
             try:
-                await self._reader
+                await task
             except (asyncio.CancelledError, Exception):
                 pass
         for fut in self._waiting.values():
@@ -73,7 +92,9 @@ class BrokerClient:
             raise ServiceError(ErrorKind.BAD_REPLY, f"unexpected {msg.name} from the broker")
         try:
             if msg.kind == p.FAIL:
-                raise ServiceError(p.decode_kind(msg.args[1]), msg.args[2].decode("utf-8", "replace"))
+                retry_after = p.decode_retry_after(msg.args[3]) if len(msg.args) > 3 else None
+                raise ServiceError(p.decode_kind(msg.args[1]), msg.args[2].decode("utf-8", "replace"),
+                                   retry_after=retry_after)
             return Scored(p.decode_scores(msg.args[1], expected=len(task.sentences)),
                           p.decode_json_object(msg.args[2], "REPLY meta"))
         except p.ProtocolError as exc:
@@ -92,9 +113,12 @@ class BrokerClient:
         rid = self._prefix + b"%d" % next(self._ids)
         fut = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut
+        frames = p.encode(kind, rid, *args)
+        if kind == p.REQUEST:
+            self._unanswered[rid] = Sent(frames, self.epoch)
         try:
             # The send is inside the timeout too: a DEALER with no broker connected blocks on send.
-            return await asyncio.wait_for(self._send_and_wait(p.encode(kind, rid, *args), fut), timeout)
+            return await asyncio.wait_for(self._send_and_wait(frames, fut), timeout)
         except asyncio.TimeoutError:
             self._cancel(kind, rid)
             raise ServiceError(ErrorKind.TIMEOUT, f"the broker did not answer within {timeout:g} s") from None
@@ -103,6 +127,7 @@ class BrokerClient:
             raise
         finally:
             self._waiting.pop(rid, None)
+            self._unanswered.pop(rid, None)
 
     def _cancel(self, kind: bytes, rid: bytes) -> None:
         """Tell the broker a request's answer is no longer awaited, so it drops the work left (best effort)."""
@@ -120,11 +145,39 @@ class BrokerClient:
             try:
                 msg = p.decode(frames)
             except p.ProtocolError as exc:
-                log.warning("dropped a malformed message from the broker: %s", exc)
+                self._peers.warning("dropped a malformed message from the broker: %s", exc)
                 continue
-            if not msg.args:  # every answer names its request first
-                log.warning("dropped an unexpected %s from the broker", msg.name)
+            if msg.kind == p.PONG:
+                self._on_pong(msg.args[0])
+                continue
+            if not msg.args or msg.kind not in (p.REPLY, p.FAIL, p.STATUS):  # answers name their request
+                self._peers.warning("dropped an unexpected %s from the broker", msg.name)
                 continue
             fut = self._waiting.get(msg.args[0])
             if fut is not None and not fut.done():
                 fut.set_result(msg)
+
+    async def _ping(self) -> None:
+        """Ask the broker for its epoch every heartbeat interval (it answers PONG)."""
+        while True:
+            await self.socket.send_multipart(p.encode(p.PING))
+            self._peers.flush()
+            await asyncio.sleep(self.settings.heartbeat_interval)
+
+    def _on_pong(self, epoch: bytes) -> None:
+        if epoch == self.epoch:
+            return
+        behind = [sent for sent in self._unanswered.values() if sent.epoch != epoch]
+        if self.epoch is not None and behind:
+            log.warning("the broker restarted: sending it again the %d requests it had not answered", len(behind))
+        self.epoch = epoch
+        if behind:
+            self._tasks.append(asyncio.create_task(self._send_again(behind, epoch), name="broker-resend"))
+            self._tasks = [t for t in self._tasks if not t.done()]
+
+    async def _send_again(self, requests: list[Sent], epoch: bytes) -> None:
+        for sent in requests:
+            if sent.epoch != epoch:
+                sent.epoch = epoch
+                self.resent += 1
+                await self.socket.send_multipart(sent.frames)
