@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .asgi import read_body, replay, send_answer
+from .disconnect import unless_disconnected
 from .handler import RerankHandler
 from .schemas import RerankRequest
 
@@ -55,4 +56,6 @@ class RerankFastPath:
         except ValidationError:
             # Rare: FastAPI parses it again (stdlib json, as the route always has) and says what is wrong.
             return await self.app(scope, replay(body, receive), send)
-        await send_answer(send, await self.handler.answer(request))
+        answer = await unless_disconnected(receive, self.handler.answer(request))
+        if answer is not None:  # None: the client hung up, and its work was cancelled
+            await send_answer(send, answer)
