@@ -8,6 +8,8 @@ If the broker is silent for `liveness` intervals, or tells us to DISCONNECT,
 the worker makes a new socket and announces itself again; while the broker
 stays away, it waits longer between tries, from 1 s to 32 s. If the broker
 REFUSEs it (another pool or protocol), the worker stops: `refused` says why.
+After a big job the scoring thread hands the freed heap back to the system
+(worker/memory.py), so that one big request does not keep its peak for good.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ import traceback
 import zmq
 
 from shared import protocol as p
+from shared.ratelimit import RateLimitedLog
 from shared.settings import Settings
 
 from . import health
 from .jobs import score_job
+from .memory import BIG_JOB_BYTES, trim_heap
 from .scorer import Scorer
 
 log = logging.getLogger("reranker.worker")
@@ -47,6 +51,7 @@ class WorkerLoop:
         self.socket: zmq.Socket | None = None
         self.broker_seen = 0.0  # wall-clock time of the last message from the broker
         self.refused: str | None = None  # why the broker would not take us, once it said so
+        self._peers = RateLimitedLog(log)
         # results from the scoring thread
         self._results_in = self.context.socket(zmq.PAIR)
         self._results_addr = f"inproc://results-{id(self)}"
@@ -90,6 +95,7 @@ class WorkerLoop:
                 if self.socket not in events:
                     liveness -= 1
                 self._send(p.encode(p.HEARTBEAT))
+                self._peers.flush()
                 health.write(self.settings.health_file, "busy" if self.busy_job else "idle", self.broker_seen)
             if liveness <= 0 or reconnect:
                 if self.busy_job is not None:
@@ -140,7 +146,7 @@ class WorkerLoop:
             try:
                 msg = p.decode(frames)
             except p.ProtocolError as exc:
-                log.warning("dropped a malformed message from the broker: %s", exc)
+                self._peers.warning("dropped a malformed message from the broker: %s", exc)
                 continue
             if msg.kind == p.JOB:
                 self._start_job(msg.args[0], msg.args[1])
@@ -162,12 +168,12 @@ class WorkerLoop:
             self._send(p.encode(p.ERROR, job_id, p.encode_kind(p.ErrorKind.BAD_REQUEST), str(exc).encode()))
             return
         self.busy_job = job_id
-        self._jobs.put((job_id, tasks))
+        self._jobs.put((job_id, tasks, len(body) >= BIG_JOB_BYTES))
 
     def _score_forever(self) -> None:
         """The scoring thread: one job at a time, results back over the inproc socket."""
         while True:
-            job_id, tasks = self._jobs.get()
+            job_id, tasks, big = self._jobs.get()
             started = time.perf_counter()
             try:
                 scores, failures = score_job(self.scorer, tasks)
@@ -179,6 +185,9 @@ class WorkerLoop:
                 frames = p.encode(p.ERROR, job_id, p.encode_kind(p.ErrorKind.WORKER_FAILED),
                                   f"{type(exc).__name__}: {exc}".encode())
             self._results_out.send_multipart(frames)
+            del tasks, frames
+            if big:
+                trim_heap()
 
     def _forward_result(self) -> None:
         frames = self._results_in.recv_multipart()
