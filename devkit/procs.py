@@ -59,6 +59,19 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def spawned(pid: int) -> list[int]:
+    """Children of `pid` that multiprocessing's spawn started (their command line runs spawn_main):
+    the gateway's broker process, for one."""
+    out = []
+    for child in children(pid):
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                out.append(child)
+        except OSError:
+            pass
+    return out
+
+
 def tree(pids: Iterable[int]) -> list[int]:
     """The processes and all their descendants (now)."""
     by_parent: dict[int, list[int]] = {}
