@@ -7,6 +7,7 @@
     .venv/bin/python -m benchmarks scaling              # stub scaling only
     .venv/bin/python -m benchmarks quality --mode bf16:RERANKER_PRECISION=bf16 [--data q.jsonl]
     .venv/bin/python -m benchmarks peaks                # GEMM peaks only
+    .venv/bin/python -m benchmarks soak --minutes 5     # stub service under steady load: errors, memory growth
     bash benchmarks/peers/setup.sh                      # peer venvs (infinity-emb, LitServe)
 
 Everything is written under benchmarks/results/<time>/ (results.json, results.md, latency.png,
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .soak import cmd_soak
 from .suite import DEFAULT_SYSTEMS, cmd_gateway, cmd_peaks, cmd_quality, cmd_run, cmd_scaling
 
 
@@ -92,6 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     pk.add_argument("--threads", type=int, default=2)
     pk.add_argument("--seconds", type=float, default=3.0)
     pk.set_defaults(fn=cmd_peaks)
+
+    so = sub.add_parser("soak", help="a bounded soak with stub workers: throughput, errors, memory growth")
+    so.add_argument("--minutes", type=float, default=5.0, help="how long the load runs (it stops by itself)")
+    so.add_argument("--workers", type=int, default=2)
+    so.add_argument("--concurrency", type=int, default=8)
+    so.add_argument("--delay-ms", type=float, default=2.0, help="stub compute per pair")
+    so.add_argument("--workload", default="W30", choices=["W5", "W30", "W240"])
+    so.add_argument("--web-concurrency", type=int, default=1)
+    so.add_argument("--out")
+    so.set_defaults(fn=cmd_soak)
 
     args = parser.parse_args(argv)
     return args.fn(args)
