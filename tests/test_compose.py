@@ -4,8 +4,9 @@ Static checks of the Dockerfiles, .dockerignore and compose files run everywhere
 (`docker compose config` where the docker CLI is installed). The end-to-end
 tests (marker `docker`) build both images and run the compose project on a real
 engine: an external bridge network made by the test, 3 stub workers scaled to 5
-and back to 1 under load, a worker killed under load, the gateway restarted, and
-the real torch backend on a tiny local model. They skip only where `docker info`
+and back to 1 under load, a worker killed under load, the gateway restarted, every
+worker recreated by a configuration change under load, and the real torch
+backend on a tiny local model. They skip only where `docker info`
 fails; CI runs ../shared/docker-lab/up first, so they run there.
 """
 
@@ -475,6 +476,28 @@ def test_scale_to_five_and_back_to_one_under_load(stack):
         summary = load.stop()
     assert summary["failed"] == 0, summary
     assert summary["ok"] > 30, summary
+    assert len(stack.containers("gateway")) == 1
+
+
+@pytest.mark.docker
+def test_rolling_worker_update_under_load_loses_no_request(stack):
+    """`docker compose up -d --no-deps worker` after a change of the workers' configuration recreates
+    every worker while requests run: each old one finishes its job on SIGTERM and says DISCONNECT;
+    requests wait in the broker's queue for the new ones (RERANKER_NO_WORKER_GRACE) rather than fail."""
+    stack.compose("up", "-d", "--scale", "worker=3")
+    old = worker_hosts(stack)
+    stack.wait_workers(3, hosts=old)
+    with stack.background_load(concurrency=4) as load:
+        time.sleep(3)
+        # A new value for a worker knob: compose recreates the worker containers, and only those.
+        stack.timed("rolling", lambda: stack.compose("up", "-d", "--no-deps", "worker", RERANKER_STUB_DELAY_MS="16"))
+        new = worker_hosts(stack)
+        assert len(new) == 3 and not new & old, (old, new)
+        stack.wait_workers(3, hosts=new)
+        time.sleep(3)
+        summary = load.stop()
+    assert summary["failed"] == 0, summary
+    assert summary["ok"] > 20, summary
     assert len(stack.containers("gateway")) == 1
 
 
