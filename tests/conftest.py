@@ -31,6 +31,16 @@ def stub_service(tmp_path_factory):
         svc.stop()
 
 
+@pytest.fixture
+def lab(tmp_path):
+    """The broker loop in a thread of the test, for peers on raw sockets (tests/inproc_broker.py)."""
+    from tests.inproc_broker import InprocBroker
+
+    lab = InprocBroker(tmp_path)
+    yield lab
+    lab.stop()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A tiny random DeBERTa-v2 cross-encoder, built locally (no hub)."""

@@ -20,6 +20,8 @@ from shared.settings import Settings
 from worker.loop import WorkerLoop
 from worker.stub import StubScorer, stub_score
 
+QUERY = "red apple pie"
+SENTENCES = ["red apple", "green pie", "nothing", "apple pie recipe"]
 READY_INFO = {"protocol": p.VERSION.decode(), "pool": "reranker", "model": "fake", "backend": "stub",
               "precision": "none", "max_length": None, "host": "test", "pid": 1}
 

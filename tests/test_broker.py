@@ -12,17 +12,7 @@ import numpy as np
 import pytest
 
 from shared import protocol as p
-from tests.inproc_broker import InprocBroker, job_pairs, scores_of, stub_scores
-
-QUERY = "red apple pie"
-SENTENCES = ["red apple", "green pie", "nothing", "apple pie recipe"]
-
-
-@pytest.fixture
-def lab(tmp_path):
-    lab = InprocBroker(tmp_path)
-    yield lab
-    lab.stop()
+from tests.inproc_broker import QUERY, SENTENCES, InprocBroker, job_pairs, scores_of, stub_scores
 
 
 def bad_result(job: p.Message, case: str) -> list[bytes]:

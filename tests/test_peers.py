@@ -10,17 +10,7 @@ import time
 import pytest
 
 from shared import protocol as p
-from tests.inproc_broker import READY_INFO, InprocBroker, scores_of, stub_scores
-
-QUERY = "red apple pie"
-SENTENCES = ["red apple", "green pie", "nothing", "apple pie recipe"]
-
-
-@pytest.fixture
-def lab(tmp_path):
-    lab = InprocBroker(tmp_path)
-    yield lab
-    lab.stop()
+from tests.inproc_broker import QUERY, SENTENCES, READY_INFO, InprocBroker, scores_of, stub_scores
 
 
 def ask(lab, n: int, timeout: float) -> dict[bytes, list[p.Message]]:
