@@ -1,13 +1,19 @@
 """Every error the gateway answers, in one place: an ErrorKind becomes an HTTP status, headers and body.
 
 Whoever meets a failure (the scheduler, the broker client, the limits, request
-validation) says what kind it is and why, as a ServiceError; only this module
-says what that looks like in HTTP. `RULES` gives the status and whether to send
-Retry-After; a dialect writes the body. `detail_body` is the one POST /rerank
-has always spoken (FastAPI's {"detail": ...}); a route of another API adds its
-dialect here and passes it to `answer`. FastAPI's own errors (404 for an unknown
-path, 405 for a wrong method, 400 for a body it cannot decode) keep FastAPI's
-handler, which writes the same {"detail": ...} body.
+validation, the API key check) says what kind it is and why, as a ServiceError;
+only this module says what that looks like in HTTP. `RULES` gives the status and
+the headers; a dialect writes the body. Two dialects:
+
+- `detail_body`, the one POST /rerank and the operations routes have always
+  spoken (FastAPI's {"detail": ...});
+- `api_body`, for the routes of the ecosystem's APIs (Cohere v1/v2, Jina, TEI:
+  the paths under API_PREFIXES): {"message", "error", "error_type", "errors"?}.
+  Cohere's API and SDK users read `message`; TEI's clients (huggingface_hub,
+  text-embeddings-inference's) read `error` and `error_type`; one body serves both.
+
+`dialect_for(path)` picks one, so that every error on an API route (validation,
+limits, the API key, FastAPI's own 404 and 405) is in that route's shape.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 from fastapi import Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException
 
 from shared.protocol import ErrorKind
 
@@ -45,6 +53,7 @@ class Rule:
     status: int
     description: str  # for the API docs
     retry_after: bool = False  # the cause passes by itself: tell the caller when to try again
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 RULES: dict[ErrorKind, Rule] = {
@@ -64,6 +73,12 @@ RULES: dict[ErrorKind, Rule] = {
                                    "(the limit is in the message)"),
     ErrorKind.NOT_READY: Rule(503, "The broker is not answering"),
     ErrorKind.SHUTTING_DOWN: Rule(503, "The gateway process is stopping", retry_after=True),
+    ErrorKind.UNAUTHORIZED: Rule(401, "No valid API key: send Authorization: Bearer <key>",
+                                 headers=((b"www-authenticate", b"Bearer"),)),
+    ErrorKind.NOT_FOUND: Rule(404, "No such route"),
+    ErrorKind.METHOD_NOT_ALLOWED: Rule(405, "The route does not take this method"),
+    ErrorKind.WRONG_MODEL: Rule(404, "The request names a model this service does not serve (the one served "
+                                     "is in the message)"),
 }
 RETRY_AFTER = (b"retry-after", b"1")  # seconds
 
@@ -85,9 +100,32 @@ def detail_body(error: ServiceError) -> Any:
     return {"detail": error.message if error.errors is None else error.errors}
 
 
+def api_body(error: ServiceError) -> Any:
+    """The ecosystem routes' error: {"message", "error", "error_type"}, and for an invalid request the
+    problems field by field in "errors" (the first ones also in the message)."""
+    message = error.message
+    body: dict[str, Any] = {}
+    if error.errors is not None:
+        problems = [{"field": ".".join(str(part) for part in e.get("loc", ())[1:]) or "body",
+                     "message": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in error.errors]
+        body["errors"] = problems
+        message = "invalid request: " + "; ".join(f"{p['field']}: {p['message']}" for p in problems[:3])
+    return {"message": message, "error": message, "error_type": error.kind.value, **body}
+
+
+# The paths of the ecosystem's APIs (Cohere v1/v2 and Jina under /v1 and /v2, TEI under /tei): their
+# errors are written by api_body; every other path keeps detail_body.
+API_PREFIXES = ("/v1/", "/v2/", "/tei/")
+
+
+def dialect_for(path: str) -> Dialect:
+    return api_body if path.startswith(API_PREFIXES) or path + "/" in API_PREFIXES else detail_body
+
+
 def answer(error: ServiceError, dialect: Dialect = detail_body) -> Answer:
     rule = RULES[error.kind]
-    return Answer(rule.status, render(dialect(error)), [RETRY_AFTER] if rule.retry_after else [])
+    headers = [RETRY_AFTER] if rule.retry_after else []
+    return Answer(rule.status, render(dialect(error)), [*headers, *rule.headers])
 
 
 def render(body: Any) -> bytes:
@@ -109,6 +147,10 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def body_too_large(limit: int) -> ServiceError:
+    return ServiceError(ErrorKind.TOO_LARGE, f"request body exceeds the limit of {limit} bytes (RERANKER_MAX_BODY_BYTES)")
+
+
 def invalid_request(errors: Sequence[dict]) -> ServiceError:
     """The error for a request body that fails validation; `errors` as pydantic lists them."""
     return ServiceError(ErrorKind.INVALID_REQUEST, "the request body is not valid", jsonable_encoder(errors))
@@ -116,4 +158,20 @@ def invalid_request(errors: Sequence[dict]) -> ServiceError:
 
 async def request_validation_failed(request: Request, exc: RequestValidationError) -> Response:
     """FastAPI's handler for invalid requests, replaced so that they too are answered here."""
-    return to_response(answer(invalid_request(exc.errors())))
+    return to_response(answer(invalid_request(exc.errors()), dialect_for(request.url.path)))
+
+
+# FastAPI's own HTTP errors, by status, for the API routes' dialect.
+HTTP_KINDS = {400: ErrorKind.BAD_REQUEST, 401: ErrorKind.UNAUTHORIZED, 404: ErrorKind.NOT_FOUND,
+              405: ErrorKind.METHOD_NOT_ALLOWED, 413: ErrorKind.TOO_LARGE}
+
+
+async def http_error(request: Request, exc: HTTPException) -> Response:
+    """FastAPI's own errors (404 for an unknown path, 405 for a wrong method, 400 for a body it cannot
+    decode): in the API routes' dialect on their paths, FastAPI's {"detail": ...} elsewhere."""
+    if dialect_for(request.url.path) is detail_body or exc.status_code not in HTTP_KINDS:
+        return await http_exception_handler(request, exc)
+    status, body, headers = answer(ServiceError(HTTP_KINDS[exc.status_code], str(exc.detail)), api_body)
+    response = to_response(Answer(exc.status_code, body, headers))
+    response.headers.update(exc.headers or {})  # 405's Allow
+    return response

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Sequence, get_args
 
 from dotenv import dotenv_values
-from pydantic import BeforeValidator, Field, StringConstraints, ValidationError
+from pydantic import BeforeValidator, Field, SecretStr, StringConstraints, ValidationError
 from pydantic_settings import (
     BaseSettings,
     CliSettingsSource,
@@ -85,6 +85,10 @@ def choice(*names: str) -> Any:
 
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1), Form("a non-empty string", "TEXT")]
+Flag = Annotated[bool, BeforeValidator(_stripped_lower), Form("true or false", "{true,false}")]
+# A secret: --help, the README and repr() never show its value.
+Secret = Annotated[SecretStr, BeforeValidator(lambda v: v.strip() if isinstance(v, str) else v),
+                   Field(min_length=1), Form("a non-empty string", "KEY")]
 Endpoint = Annotated[str, StringConstraints(strip_whitespace=True, min_length=9, pattern=r"^(tcp|ipc|inproc)://"),
                      Form("a ZeroMQ endpoint such as tcp://host:5555 or ipc:///path", "URL")]
 Origins = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list), Field(min_length=1),
@@ -142,6 +146,37 @@ class Settings(BaseSettings):
     max_body_bytes: integer(1024) = option(
         8 * 1024 * 1024, "RERANKER_MAX_BODY_BYTES", "Largest request body accepted; more gets 413.",
         read_by=(GATEWAY,))
+    api_key: Secret | None = option(
+        None, "RERANKER_API_KEY",
+        "API key: when set (here or in RERANKER_API_KEY_FILE), every route but /health, /ready and the docs "
+        "needs `Authorization: Bearer <key>`, else 401.", read_by=(GATEWAY,), shown="unset")
+    api_key_file: Text | None = option(
+        None, "RERANKER_API_KEY_FILE",
+        "File of accepted API keys, one a line (# comments allowed), read at start; with RERANKER_API_KEY, "
+        "both are accepted.", read_by=(GATEWAY,), shown="unset")
+    accept_any_model: Flag = option(
+        False, "RERANKER_ACCEPT_ANY_MODEL",
+        "Answer requests whatever `model` they name; otherwise a request naming a model the workers do not "
+        "serve gets 404 naming the one served.", read_by=(GATEWAY,))
+    long_texts: choice("truncate", "chunk") = option(
+        "truncate", "RERANKER_LONG_TEXTS",
+        "Default for texts longer than the model's window: truncate (score the head) or chunk (score every "
+        "window, keep the best). A request can choose with `chunk`.", read_by=(GATEWAY,))
+    chunk_overlap: integer(0) = option(
+        64, "RERANKER_CHUNK_OVERLAP", "Tokens that consecutive windows of a chunked text share.", read_by=(GATEWAY,))
+    chunk_max_tokens: integer(1) = option(
+        4096, "RERANKER_CHUNK_MAX_TOKENS",
+        "Tokens of a chunked text scored at most (a request's max_tokens_per_doc can lower it).",
+        read_by=(GATEWAY,))
+    access_log: Flag = option(
+        True, "RERANKER_ACCESS_LOG", "Log one line per HTTP request (method, path, status, time, request id).",
+        read_by=(GATEWAY,))
+    metrics_dir: Text = option(
+        None, "RERANKER_METRICS_DIR",
+        "Directory where the gateway processes keep their Prometheus metrics, for /metrics to add up "
+        "(a subdirectory per run, removed when stale).", read_by=(GATEWAY,),
+        shown="$TMPDIR/reranker-metrics-$PORT",
+        computed=lambda values: f"{tempfile.gettempdir()}/reranker-metrics-{values['port']}")
     # Broker
     workers_bind: Endpoint = option(
         "tcp://0.0.0.0:5555", "RERANKER_WORKERS_BIND", "Where the broker listens for workers.", read_by=(BROKER,))
@@ -213,6 +248,13 @@ class Settings(BaseSettings):
         "File the worker rewrites every heartbeat with its state; `python -m worker.health` checks it.",
         read_by=(WORKER,), shown="$TMPDIR/reranker-worker-health.json",
         computed=lambda values: f"{tempfile.gettempdir()}/reranker-worker-health.json")
+    # Logs
+    log_format: choice("text", "json") = option(
+        "text", "RERANKER_LOG_FORMAT", "Log lines as text, or as JSON objects one a line.",
+        read_by=(GATEWAY, BROKER, WORKER))
+    log_level: choice("debug", "info", "warning", "error") = option(
+        "info", "RERANKER_LOG_LEVEL", "Least severe log lines written (debug adds a line per request in the broker "
+        "and per job in the worker).", read_by=(GATEWAY, BROKER, WORKER))
     stub_delay_ms: number(0.0, inclusive=True) = option(
         0.0, "RERANKER_STUB_DELAY_MS", "Stub backend only: simulated compute per pair, in ms.", read_by=(WORKER,))
 
