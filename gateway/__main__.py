@@ -9,6 +9,7 @@ import time
 
 from gunicorn.app.base import BaseApplication
 
+from shared.logs import setup_logging
 from shared.settings import Settings, load_or_exit
 
 from .app import build_app
@@ -81,7 +82,7 @@ class GatewayServer(BaseApplication):
 
 def main() -> None:
     settings = load_or_exit(service="gateway")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(settings, "gateway")
     supervisor = BrokerSupervisor(settings)
     supervisor.start_broker()
     supervisor.start()

@@ -18,6 +18,7 @@ from pathlib import Path
 import zmq
 
 from shared import protocol as p
+from shared.logs import setup_logging
 from shared.settings import Settings
 
 from .scheduler import Disconnect, Fail, Reply, Scheduler, SendJob
@@ -153,6 +154,8 @@ class Broker:
                 self._send(self.frontend, identity,
                            p.encode(p.FAIL, rid, p.encode_kind(p.ErrorKind.BAD_REQUEST), str(exc).encode()))
                 return
+            log.debug("request %s: %d sentences", rid.decode("ascii", "replace"), len(task.sentences),
+                      extra={"request_id": task.trace})
             self.scheduler.submit(identity, rid, task, now)
         elif msg.kind == p.CANCEL:
             self.scheduler.cancel(identity, msg.args[0])
@@ -171,6 +174,8 @@ class Broker:
         for action in actions:
             if isinstance(action, SendJob):
                 body = p.encode_job_body(action.tasks)
+                log.debug("job %s to worker %s: %d tasks", action.job_id.decode(), action.worker.hex(),
+                          len(action.tasks), extra={"request_id": ",".join(t.trace for t in action.tasks if t.trace)})
                 if not self._send(self.backend, action.worker, p.encode(p.JOB, action.job_id, body)):
                     self.scheduler.worker_gone(action.worker, time.monotonic())
             elif isinstance(action, Reply):
@@ -193,7 +198,7 @@ class Broker:
 
 def run_broker(settings: Settings) -> None:
     """Entry point of the broker process."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(settings, "broker")
     # Our own process group: a Ctrl-C or SIGTERM meant for gunicorn's group must not stop the broker
     # under requests still draining; the supervisor stops it after gunicorn, or it exits when
     # its parent is gone.

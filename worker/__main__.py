@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 
+from shared.logs import setup_logging
 from shared.settings import load_or_exit
 
 from .loop import WorkerLoop
@@ -21,7 +22,7 @@ WARMUP = [("what is a reranker?", "A reranker orders candidate passages by relev
 
 def main() -> None:
     settings = load_or_exit(service="worker")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(settings, "worker")
     started = time.monotonic()
     try:
         scorer = load_scorer(settings)

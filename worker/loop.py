@@ -162,6 +162,8 @@ class WorkerLoop:
             self._send(p.encode(p.ERROR, job_id, p.encode_kind(p.ErrorKind.BAD_REQUEST), str(exc).encode()))
             return
         self.busy_job = job_id
+        log.debug("job %s: %d pairs", job_id.decode("ascii", "replace"), sum(len(t.sentences) for t in tasks),
+                  extra={"request_id": ",".join(t.trace for t in tasks if t.trace)})
         self._jobs.put((job_id, tasks))
 
     def _score_forever(self) -> None:
