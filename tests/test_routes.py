@@ -305,8 +305,10 @@ def test_raw_scores_are_the_models_logits_on_every_shape(service_factory, condit
     import torch
     from sentence_transformers import CrossEncoder
 
-    svc = service_factory().start(workers=1, RERANKER_BACKEND="torch", RERANKER_MODEL=str(conditioned_model),
-                                  NUM_THREADS="1")
+    svc = service_factory()
+    svc.start_gateway()
+    svc.start_worker(RERANKER_BACKEND="torch", RERANKER_MODEL=str(conditioned_model), NUM_THREADS="1")
+    svc.wait_ready(1, timeout=120)  # a torch worker takes its time to start on a busy machine
     torch.set_num_threads(1)
     logits = CrossEncoder(str(conditioned_model), device="cpu").predict(
         [(QUERY, d) for d in DOCS], activation_fn=torch.nn.Identity(), show_progress_bar=False)

@@ -74,4 +74,4 @@ def spans(starts: list[int], limit: int, room: int, overlap: int) -> list[tuple[
         if end >= limit:
             return out
         k = bisect.bisect_right(starts, end - overlap) - 1
-        a = starts[k] if k >= 0 and starts[k] > a else end
+        a = starts[k] if k >= 0 and starts[k] > a else max(end - overlap, a + 1)
