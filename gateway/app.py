@@ -140,7 +140,6 @@ def create_app(settings: Settings, client: BrokerClient, handler: RerankHandler,
         model = served(status)
         return {
             **model,
-            "model_id": model["model"],  # as TEI's /info names it
             "version": VERSION,
             "workers": [{k: w.get(k) for k in ("host", "pid", "model", "backend", "precision", "max_length",
                                                "busy")} for w in status.get("pool", [])],
@@ -151,6 +150,7 @@ def create_app(settings: Settings, client: BrokerClient, handler: RerankHandler,
             "max_chars": settings.max_chars,
             "max_body_bytes": settings.max_body_bytes,
             "request_timeout_s": settings.request_timeout,
+            **tei.info(model, settings),
         }
 
     @app.get("/metrics", summary="Prometheus metrics of the gateway processes, the broker and the workers",

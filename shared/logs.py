@@ -77,3 +77,15 @@ def adopt(*names: str) -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+
+
+def gunicorn_logconfig(settings: Settings, service: str = "gateway") -> dict:
+    """A gunicorn `logconfig_dict` that writes the gunicorn master's own lines (start, workers booted and
+    stopped) in the same format as every other line."""
+    formatter = {"()": JsonFormatter, "service": service} if settings.log_format == "json" else {"()": TextFormatter}
+    handler = {"class": "logging.StreamHandler", "formatter": "reranker", "stream": "ext://sys.stderr"}
+    logger = {"handlers": ["reranker"], "level": settings.log_level.upper(), "propagate": False}
+    # gunicorn lays this over its defaults key by key: every key it has is given here
+    return {"version": 1, "disable_existing_loggers": False, "formatters": {"reranker": formatter},
+            "handlers": {"reranker": handler}, "loggers": {"gunicorn.error": logger, "gunicorn.access": logger},
+            "root": {"level": settings.log_level.upper(), "handlers": ["reranker"]}}

@@ -17,6 +17,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictStr, field_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from shared.settings import Settings
+
 from .. import errors
 from ..asgi import Answer, read_body, replay
 from ..handler import RerankHandler
@@ -79,6 +81,28 @@ def router(handler: RerankHandler) -> APIRouter:
         return await api_answer(work)
 
     return api
+
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8"}  # TEI names its model_dtype so
+
+
+def info(model: dict, settings: Settings) -> dict:
+    """The fields of TEI's GET /info, which its clients read (and some check: a reranker's model_type)."""
+    return {
+        "model_id": model["model"] or "unknown",
+        "model_sha": None,
+        "model_dtype": DTYPES.get(model["precision"], model["precision"] or "unknown"),
+        "model_type": {"reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}},
+        "max_concurrent_requests": settings.max_queued,
+        "max_input_length": model["max_length"],
+        "max_batch_tokens": None,
+        "max_batch_requests": None,
+        "max_client_batch_size": settings.max_sentences,
+        "auto_truncate": True,
+        "tokenization_workers": None,
+        "sha": None,
+        "docker_label": None,
+    }
 
 
 def tei_shaped(body: bytes) -> bool:
