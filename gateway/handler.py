@@ -13,7 +13,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from shared.logs import REQUEST_ID
-from shared.protocol import Chunking, ErrorKind, ScoreOptions, Task
+from shared.protocol import DEFAULT_OPTIONS, Chunking, ErrorKind, ScoreOptions, Task
 from shared.settings import Settings
 
 from . import errors
@@ -46,6 +46,8 @@ class RerankHandler:
         s = self.settings
         if chunk is None:
             chunk = s.long_texts == "chunk" or max_tokens is not None
+        if not (raw or chunk) and truncate and truncation_side == "right":
+            return DEFAULT_OPTIONS  # the common case, without making a new one
         windows = None
         if chunk:
             windows = Chunking(s.chunk_overlap, min(max_tokens or s.chunk_max_tokens, s.chunk_max_tokens))
@@ -76,7 +78,7 @@ class RerankHandler:
         if not texts or top_n == 0:
             return Result(np.zeros(len(texts), dtype=np.float32), [], 0)
         started = time.perf_counter()
-        scored = await self.client.rerank(Task(query, list(texts), options, REQUEST_ID.get()))
+        scored = await self.client.rerank(Task(query, texts, options, REQUEST_ID.get()))
         elapsed_ms = (time.perf_counter() - started) * 1000
         meta = scored.meta
         self.metrics.scored(route, len(texts), meta)

@@ -9,9 +9,9 @@ client sends it with the task (Task.trace), so the broker's and the worker's lin
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,7 +27,7 @@ GONE = 499  # the client left before an answer was sent (nginx's number for it)
 
 def request_id(headers) -> bytes:
     given = next((v for k, v in headers if k == b"x-request-id"), None)
-    return given if given is not None and _SANE.fullmatch(given) else uuid.uuid4().hex.encode()
+    return given if given is not None and _SANE.fullmatch(given) else os.urandom(16).hex().encode()
 
 
 class RequestTracing:

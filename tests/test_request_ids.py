@@ -54,7 +54,7 @@ def json_lines(text: str) -> list[dict]:
 
 
 def test_the_id_travels_to_the_broker_and_the_worker_in_json_lines(service_factory, tmp_path):
-    svc = service_factory(RERANKER_LOG_FORMAT="json", RERANKER_LOG_LEVEL="debug")
+    svc = service_factory(RERANKER_LOG_FORMAT="json", RERANKER_LOG_LEVEL="debug", RERANKER_ACCESS_LOG="true")
     svc.start(workers=1, RERANKER_LOG_FORMAT="json", RERANKER_LOG_LEVEL="debug")
     r = svc.http.post("/v2/rerank", json={"query": "red apple", "documents": ["a red apple", "car"]},
                       headers={"X-Request-ID": "trace-me-42"})
