@@ -210,9 +210,10 @@ class Settings(BaseSettings):
         read_by=(WORKER,), shown="model's maximum")
     health_file: Text = option(
         None, "RERANKER_HEALTH_FILE",
-        "File the worker rewrites every heartbeat with its state; `python -m worker.health` checks it.",
-        read_by=(WORKER,), shown="$TMPDIR/reranker-worker-health.json",
-        computed=lambda values: f"{tempfile.gettempdir()}/reranker-worker-health.json")
+        "File the worker rewrites every heartbeat with its state; `python -m worker.health` checks it. "
+        "Unset: one file per worker process, and worker.health checks every live worker's.",
+        read_by=(WORKER,), shown="$TMPDIR/reranker-worker-$PID.json",
+        computed=lambda values: f"{tempfile.gettempdir()}/reranker-worker-{os.getpid()}.json")
     stub_delay_ms: number(0.0, inclusive=True) = option(
         0.0, "RERANKER_STUB_DELAY_MS", "Stub backend only: simulated compute per pair, in ms.", read_by=(WORKER,))
 
