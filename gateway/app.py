@@ -20,7 +20,7 @@ from starlette.types import ASGIApp
 from shared.protocol import ErrorKind
 from shared.settings import Settings
 
-from . import errors
+from . import docs_ui, errors
 from .asgi import Answer, BodyLimit, to_response
 from .client import BrokerClient
 from .errors import ServiceError
@@ -61,6 +61,8 @@ def create_app(settings: Settings, client: BrokerClient, handler: RerankHandler)
                     "and returns the caller's ids, best first.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # docs_ui serves /docs and /redoc with their files, not from a CDN
+        redoc_url=None,
         # A JSON body without a Content-Type is read as JSON, as the fast path reads it.
         strict_content_type=False,
         exception_handlers={RequestValidationError: errors.request_validation_failed},
@@ -107,5 +109,6 @@ def create_app(settings: Settings, client: BrokerClient, handler: RerankHandler)
             "request_timeout_s": settings.request_timeout,
         }
 
+    docs_ui.mount(app)
     app.openapi()  # generate the schema at start-up, so a broken schema fails fast
     return app
