@@ -42,8 +42,9 @@ def main() -> None:
 def serve(settings: Settings) -> None:
     health.clear(settings.health_file)  # a file from an earlier run is no news of this one
     started = time.monotonic()
-    log.info("worker %d: loading model %r (%s %s, %d threads)", os.getpid(), settings.model, settings.backend,
-             settings.precision, settings.num_threads)
+    what = ("the stub scorer (" if settings.backend == "stub"
+            else f"model {settings.model!r} ({settings.backend} {settings.precision}, ")
+    log.info("worker %d: loading %sNUM_THREADS=%d)", os.getpid(), what, settings.num_threads)
     if settings.backend != "stub":
         hub.prepare(settings.model)
     scorer = load_scorer(settings)
