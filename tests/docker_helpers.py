@@ -23,22 +23,37 @@ _LEAKY = ("RERANKER_", "NUM_THREADS", "WEB_CONCURRENCY", "WORKER_", "GATEWAY_", 
           "PIP_INDEX_URL", "TORCH_INDEX_URL", "BUILD_NETWORK", "COMPOSE_", "HEALTHCHECK_INTERVAL", "DEV_PORT")
 
 
+def base_image() -> str:
+    """The image both Dockerfiles build FROM in the tests (and the test client runs on)."""
+    return os.environ.get("DOCKER_LAB_BASE_IMAGE") or "python:3.11-slim"
+
+
 def docker_unavailable() -> str | None:
-    """Why the Docker tests cannot run here, or None if they can."""
+    """Why the Docker tests cannot run here (one line), or None if they can: no docker CLI, no engine
+    answering `docker info`, no Compose v2, or a base image that is neither here nor pullable."""
     if shutil.which("docker") is None:
-        return "docker CLI not found (run ../shared/docker-lab/up, or install Docker)"
+        return "docker CLI not found"
     try:
         info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True,
                               text=True, timeout=60)
-    except subprocess.TimeoutExpired:
-        return "`docker info` timed out: no Docker engine answers"
-    if info.returncode != 0:
-        last = (info.stderr.strip().splitlines() or ["no output"])[-1]
-        return f"`docker info` failed, no Docker engine ({last}); run ../shared/docker-lab/up"
-    compose = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, timeout=60)
-    if compose.returncode != 0:
-        return "the Docker Compose v2 plugin (`docker compose`) is missing"
+        if info.returncode != 0:
+            return f"`docker info` failed, no Docker engine ({_last_line(info)})"
+        compose = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, timeout=60)
+        if compose.returncode != 0:
+            return "the Docker Compose v2 plugin (`docker compose`) is missing"
+        image = base_image()
+        if subprocess.run(["docker", "image", "inspect", image], capture_output=True, timeout=60).returncode != 0:
+            pull = subprocess.run(["docker", "pull", "-q", image], capture_output=True, text=True, timeout=600)
+            if pull.returncode != 0:
+                return (f"the base image {image} is not here and cannot be pulled ({_last_line(pull)}); "
+                        f"DOCKER_LAB_BASE_IMAGE names a local one")
+    except subprocess.TimeoutExpired as exc:
+        return f"`{' '.join(exc.cmd[:3])}` timed out after {exc.timeout:g} s"
     return None
+
+
+def _last_line(proc: subprocess.CompletedProcess) -> str:
+    return (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["no output"])[-1]
 
 
 def docker(*args: str, timeout: float = 120, check: bool = True, input: str | None = None,
