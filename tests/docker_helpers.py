@@ -25,7 +25,7 @@ _LEAKY = ("RERANKER_", "NUM_THREADS", "WEB_CONCURRENCY", "WORKER_", "GATEWAY_", 
 
 def base_image() -> str:
     """The image both Dockerfiles build FROM in the tests (and the test client runs on)."""
-    return os.environ.get("DOCKER_LAB_BASE_IMAGE") or "python:3.11-slim"
+    return build_env().get("BASE_IMAGE", "python:3.11-slim")
 
 
 def docker_unavailable() -> str | None:
@@ -46,7 +46,7 @@ def docker_unavailable() -> str | None:
             pull = subprocess.run(["docker", "pull", "-q", image], capture_output=True, text=True, timeout=600)
             if pull.returncode != 0:
                 return (f"the base image {image} is not here and cannot be pulled ({_last_line(pull)}); "
-                        f"DOCKER_LAB_BASE_IMAGE names a local one")
+                        f"BASE_IMAGE names a local one")
     except subprocess.TimeoutExpired as exc:
         return f"`{' '.join(exc.cmd[:3])}` timed out after {exc.timeout:g} s"
     return None
@@ -72,16 +72,14 @@ def clean_environ(**extra: str) -> dict[str, str]:
     return env
 
 
-def lab_build_env() -> dict[str, str]:
-    """Build settings: the Docker lab's (base image, package index, host network) where it is up."""
-    env = {}
-    if os.environ.get("DOCKER_LAB_BASE_IMAGE"):
-        env["BASE_IMAGE"] = os.environ["DOCKER_LAB_BASE_IMAGE"]
-    if os.environ.get("DOCKER_LAB_INDEX_URL"):
-        env["PIP_INDEX_URL"] = env["TORCH_INDEX_URL"] = os.environ["DOCKER_LAB_INDEX_URL"]
-    if os.environ.get("DOCKER_LAB_BUILD_NETWORK"):
-        env["BUILD_NETWORK"] = os.environ["DOCKER_LAB_BUILD_NETWORK"]
-    return env
+def build_env() -> dict[str, str]:
+    """Build settings: BASE_IMAGE, PIP_INDEX_URL, TORCH_INDEX_URL and BUILD_NETWORK from the shell (a
+    mirror, an offline index), else CI's DOCKER_LAB_* ones; none: the Dockerfiles' defaults."""
+    ci = os.environ.get
+    fallback = {"BASE_IMAGE": ci("DOCKER_LAB_BASE_IMAGE"), "PIP_INDEX_URL": ci("DOCKER_LAB_INDEX_URL"),
+                "TORCH_INDEX_URL": ci("DOCKER_LAB_INDEX_URL"), "BUILD_NETWORK": ci("DOCKER_LAB_BUILD_NETWORK")}
+    chosen = {name: os.environ.get(name) or value for name, value in fallback.items()}
+    return {name: value for name, value in chosen.items() if value}
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.5,
@@ -111,7 +109,7 @@ class Stack:
         self.env_file = env_file
         self.client_image = client_image
         self.client = f"{project}-client"
-        self.env = clean_environ(**lab_build_env())
+        self.env = clean_environ(**build_env())
         self.timings: dict[str, float] = {}
 
     # -- compose -------------------------------------------------------------

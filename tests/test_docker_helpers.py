@@ -27,7 +27,8 @@ def fake_docker(tmp_path, monkeypatch):
     (tmp_path / "bin" / "docker").write_text(FAKE_DOCKER.format(log=log))
     (tmp_path / "bin" / "docker").chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.delenv("DOCKER_LAB_BASE_IMAGE", raising=False)
+    for name in ("BASE_IMAGE", "DOCKER_LAB_BASE_IMAGE"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("IMAGE_HERE", raising=False)
     return log
 
@@ -36,12 +37,13 @@ def test_no_base_image_and_no_registry_skips_in_one_line(fake_docker):
     reason = docker_helpers.docker_unavailable()
     assert reason == ("the base image python:3.11-slim is not here and cannot be pulled (Error response from "
                       "daemon: Get https://registry-1.docker.io/v2/: dial tcp: lookup registry-1.docker.io: no "
-                      "such host); DOCKER_LAB_BASE_IMAGE names a local one")
+                      "such host); BASE_IMAGE names a local one")
     assert "pull -q python:3.11-slim" in fake_docker.read_text()
 
 
-def test_a_local_base_image_is_enough(fake_docker, monkeypatch):
-    monkeypatch.setenv("DOCKER_LAB_BASE_IMAGE", "local/python:3.11-slim")
+@pytest.mark.parametrize("variable", ["BASE_IMAGE", "DOCKER_LAB_BASE_IMAGE"])
+def test_a_local_base_image_is_enough(fake_docker, monkeypatch, variable):
+    monkeypatch.setenv(variable, "local/python:3.11-slim")
     monkeypatch.setenv("IMAGE_HERE", "1")
     assert docker_helpers.docker_unavailable() is None
     calls = fake_docker.read_text()
