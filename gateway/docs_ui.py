@@ -25,18 +25,22 @@ def mount(app: FastAPI) -> None:
     (docs_url=None, redoc_url=None)."""
     app.mount(ASSETS, StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-assets")
 
+    def urls(request: Request) -> tuple[str, str]:
+        """The schema's URL and the assets' folder, behind whatever root path the app is mounted at."""
+        root = request.scope.get("root_path", "")
+        return root + app.openapi_url, root + ASSETS
+
     @app.get(DOCS, include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(
-            openapi_url=root + app.openapi_url, title=f"{app.title} - Swagger UI",
-            swagger_js_url=f"{root}{ASSETS}/swagger-ui-bundle.js", swagger_css_url=f"{root}{ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{ASSETS}/favicon.png", oauth2_redirect_url=None)
+        schema, assets = urls(request)
+        return get_swagger_ui_html(openapi_url=schema, title=f"{app.title} - Swagger UI",
+                                   swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{assets}/swagger-ui.css",
+                                   swagger_favicon_url=f"{assets}/favicon.png", oauth2_redirect_url=None)
 
     @app.get(REDOC, include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
-        return get_redoc_html(
-            openapi_url=root + app.openapi_url, title=f"{app.title} - ReDoc",
-            redoc_js_url=f"{root}{ASSETS}/redoc.standalone.js", redoc_favicon_url=f"{root}{ASSETS}/favicon.png",
-            with_google_fonts=False)
+        schema, assets = urls(request)
+        return get_redoc_html(openapi_url=schema, title=f"{app.title} - ReDoc",
+                              redoc_js_url=f"{assets}/redoc.standalone.js", redoc_favicon_url=f"{assets}/favicon.png",
+                              with_google_fonts=False)
