@@ -1,4 +1,4 @@
-"""`python -m worker.health`: exit 0 if this host's (this container's) worker is connected and alive, else 1.
+"""`python -m worker.health`: exit 0 if the workers here (a container's one worker) are connected and alive.
 
 Each worker rewrites its own health file every heartbeat with its state and the time it last heard
 from the broker: RERANKER_HEALTH_FILE, by default $TMPDIR/reranker-worker-<pid>.json, one per worker
@@ -59,10 +59,14 @@ def live_workers(directory: str) -> list[str]:
     for path in sorted(Path(directory).glob(PATTERN)):
         try:
             pid = int(json.loads(path.read_text())["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a worker's state
+        try:
             os.kill(pid, 0)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            if not isinstance(exc, PermissionError):  # alive, another user's
-                continue
+        except ProcessLookupError:
+            continue  # gone
+        except PermissionError:
+            pass  # alive, another user's
         found.append(str(path))
     return found
 
