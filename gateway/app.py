@@ -24,11 +24,10 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shared.logs import adopt
 from shared.protocol import ErrorKind
 from shared.settings import Settings
 
-from . import errors
+from . import docs_ui, errors
 from .asgi import Answer, BodyLimit, to_response
 from .auth import OPEN, ApiKeys, RequireKey
 from .client import BrokerClient
@@ -51,8 +50,6 @@ def build_app(settings: Settings) -> ASGIApp:
     request would first cross FastAPI's own layers (its telemetry check, body limit and error
     middleware), which about doubled the fast path's time per small request, measured in-process.
     """
-    if settings.log_format == "json":
-        adopt("gunicorn.error", "uvicorn.error")  # the server's own lines, in the same JSON
     client = BrokerClient(settings)
     pool = PoolView(client)
     metrics = GatewayMetrics(settings)
@@ -87,6 +84,8 @@ def create_app(settings: Settings, client: BrokerClient, handler: RerankHandler,
                     "accepted at /rerank by its body's shape) are the ecosystem's, for their clients.",
         version=VERSION,
         lifespan=lifespan,
+        docs_url=None,  # docs_ui serves /docs and /redoc with their files, not from a CDN
+        redoc_url=None,
         # A JSON body without a Content-Type is read as JSON, as the fast path reads it.
         strict_content_type=False,
         exception_handlers={RequestValidationError: errors.request_validation_failed,
@@ -162,6 +161,7 @@ def create_app(settings: Settings, client: BrokerClient, handler: RerankHandler,
             status = None
         return Response(handler.metrics.render(status), media_type=CONTENT_TYPE)
 
+    docs_ui.mount(app)
     app.openapi()  # generate the schema at start-up, so a broken schema fails fast
     return app
 

@@ -72,11 +72,15 @@ class RerankRequest(BaseModel):
 
 
 class RerankResult(BaseModel):
-    id: int
-    score: float = Field(description="CrossEncoder score (sigmoid of the logit, 0..1).")
+    id: int = Field(description="The caller's id of the sentence.", examples=[12])
+    score: float = Field(description="CrossEncoder score (sigmoid of the logit, 0..1).", examples=[0.93])
 
 
 class RerankResponse(BaseModel):
+    # The answer to RerankRequest's example, as the README shows it.
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"results": [{"id": 12, "score": 0.93}, {"id": 7, "score": 0.0012}]}]})
+
     results: list[RerankResult] = Field(description="One per sentence (the best top_n), highest score first.")
 
 

@@ -70,15 +70,6 @@ def setup_logging(settings: Settings, service: str) -> None:
     root.setLevel(settings.log_level.upper())
 
 
-def adopt(*names: str) -> None:
-    """Lines of the named loggers (a server's own, which set up their handlers) go through this
-    process's handler instead, in the same format."""
-    for name in names:
-        logger = logging.getLogger(name)
-        logger.handlers[:] = []
-        logger.propagate = True
-
-
 def gunicorn_logconfig(settings: Settings, service: str = "gateway") -> dict:
     """A gunicorn `logconfig_dict` that writes the gunicorn master's own lines (start, workers booted and
     stopped) in the same format as every other line."""

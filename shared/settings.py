@@ -246,9 +246,10 @@ class Settings(BaseSettings):
         read_by=(WORKER,), shown="model's maximum")
     health_file: Text = option(
         None, "RERANKER_HEALTH_FILE",
-        "File the worker rewrites every heartbeat with its state; `python -m worker.health` checks it.",
-        read_by=(WORKER,), shown="$TMPDIR/reranker-worker-health.json",
-        computed=lambda values: f"{tempfile.gettempdir()}/reranker-worker-health.json")
+        "File the worker rewrites every heartbeat with its state; `python -m worker.health` checks it. "
+        "Unset: one file per worker process, and worker.health checks every live worker's.",
+        read_by=(WORKER,), shown="$TMPDIR/reranker-worker-$PID.json",
+        computed=lambda values: f"{tempfile.gettempdir()}/reranker-worker-{os.getpid()}.json")
     # Logs
     log_format: choice("text", "json") = option(
         "text", "RERANKER_LOG_FORMAT", "Log lines as text, or as JSON objects one a line.",

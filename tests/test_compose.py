@@ -5,8 +5,8 @@ Static checks of the Dockerfiles, .dockerignore and compose files run everywhere
 tests (marker `docker`) build both images and run the compose project on a real
 engine: an external bridge network made by the test, 3 stub workers scaled to 5
 and back to 1 under load, a worker killed under load, the gateway restarted, and
-the real torch backend on a tiny local model. They skip only where `docker info`
-fails; CI runs ../shared/docker-lab/up first, so they run there.
+the real torch backend on a tiny local model. They skip, in one line, where no engine
+answers `docker info` or the base image can be neither found nor pulled; CI provides both.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from shared.settings import SERVICES, options
-from tests.docker_helpers import ROOT, Stack, docker, docker_unavailable, wait_for
+from tests.docker_helpers import ROOT, Stack, base_image, docker, docker_unavailable, wait_for
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the compose files")
 
@@ -377,8 +377,7 @@ def stack(tmp_path_factory):
     network = f"{run_id}_wdoi_internal"
     env_file = tmp_path_factory.mktemp("compose") / "test.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in {**STUB_ENV, "RERANKER_NETWORK": network}.items()))
-    client_image = os.environ.get("DOCKER_LAB_BASE_IMAGE") or "python:3.11-slim"
-    s = Stack(run_id, network, env_file, client_image)
+    s = Stack(run_id, network, env_file, base_image())
     try:
         s.timed("build", lambda: s.compose("build", timeout=1800))
         for title in ("reranker-gateway", "reranker-worker"):  # what rebuilds left behind, only ours
