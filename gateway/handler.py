@@ -24,6 +24,7 @@ from .metrics import GatewayMetrics
 from .pool import PoolView
 from .schemas import RerankRequest, render_results
 
+
 class Result(NamedTuple):
     scores: np.ndarray              # float32, one per text, in the texts' order
     headers: list[tuple[bytes, bytes]]  # the timing headers
