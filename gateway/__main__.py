@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from shared import curve
 from shared.settings import load_or_exit
 
 from .server import BrokerSupervisor, GatewayServer, taken_endpoint
@@ -16,6 +17,7 @@ from .server import BrokerSupervisor, GatewayServer, taken_endpoint
 
 def main() -> None:
     settings = load_or_exit(service="gateway")
+    curve.check_keys_or_exit(settings, "broker")
     taken = taken_endpoint(settings)
     if taken is not None:
         print(f"gateway: cannot start: {taken}", file=sys.stderr)

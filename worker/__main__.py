@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 
+from shared import curve
 from shared.settings import Settings, load_or_exit
 
 from . import health, hub
@@ -27,6 +28,7 @@ WARMUP = [("what is a reranker?", "A reranker orders candidate passages by relev
 
 def main() -> None:
     settings = load_or_exit(service="worker")
+    curve.check_keys_or_exit(settings, "worker")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # Until the loop takes them over, SIGTERM stops the start as Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
