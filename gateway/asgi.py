@@ -1,8 +1,9 @@
 """Plain-ASGI pieces that both ways into POST /rerank share: the answer, sending it, reading a body
-under a size limit."""
+under a size limit and in time."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import NamedTuple
 
 from fastapi.responses import Response
@@ -83,3 +84,45 @@ class BodyLimit:
         if body is None:
             return
         await self.app(scope, replay(body, receive), send)
+
+
+class BodyTimeout:
+    """Answer `stalled` (a 408 that closes the connection) when a request body stalls: nothing of it
+    arrives for `seconds` while the app waits for it. The app is told the client has gone, and what it
+    sends after is dropped. Once the body is in whole, receive() waits as long as the app likes (for a
+    disconnect, say)."""
+
+    def __init__(self, app: ASGIApp, seconds: float, stalled: Answer) -> None:
+        self.app = app
+        self.seconds = seconds
+        self.stalled = stalled._replace(headers=[*stalled.headers, (b"connection", b"close")])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        body_in = gave_up = answered = False
+
+        async def receive_in_time() -> Message:
+            nonlocal body_in, gave_up
+            if gave_up:
+                return {"type": "http.disconnect"}
+            if body_in:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.seconds)
+            except asyncio.TimeoutError:
+                gave_up = True
+                if not answered:
+                    await send_answer(send, self.stalled)
+                return {"type": "http.disconnect"}
+            body_in = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        async def send_unless_gave_up(message: Message) -> None:
+            nonlocal answered
+            if gave_up:
+                return
+            answered = True
+            await send(message)
+
+        await self.app(scope, receive_in_time, send_unless_gave_up)

@@ -64,6 +64,7 @@ RULES: dict[ErrorKind, Rule] = {
                                    "(the limit is in the message)"),
     ErrorKind.NOT_READY: Rule(503, "The broker is not answering"),
     ErrorKind.SHUTTING_DOWN: Rule(503, "The gateway process is stopping", retry_after=True),
+    ErrorKind.BODY_TIMEOUT: Rule(408, "The request body stopped arriving (the timeout is in the message)"),
 }
 RETRY_AFTER = (b"retry-after", b"1")  # seconds
 

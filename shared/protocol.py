@@ -94,6 +94,7 @@ class ErrorKind(enum.Enum):
     TOO_LARGE = "too_large"              # over a size limit (body, sentences, characters)
     NOT_READY = "not_ready"              # a readiness check the broker did not answer
     SHUTTING_DOWN = "shutting_down"      # the gateway process is stopping
+    BODY_TIMEOUT = "body_timeout"        # the client stopped sending its request body
 
 
 _KINDS = {kind.value.encode("ascii"): kind for kind in ErrorKind}

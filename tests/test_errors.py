@@ -25,6 +25,7 @@ EXPECTED = {
     ErrorKind.TOO_LARGE: (413, False),
     ErrorKind.NOT_READY: (503, False),
     ErrorKind.SHUTTING_DOWN: (503, True),
+    ErrorKind.BODY_TIMEOUT: (408, False),
 }
 
 
