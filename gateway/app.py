@@ -21,7 +21,7 @@ from shared.protocol import ErrorKind
 from shared.settings import Settings
 
 from . import docs_ui, errors
-from .asgi import Answer, BodyLimit, BodyTimeout, to_response
+from .asgi import Answer, BodyLimit, BodyTimeout, JsonOnly, to_response
 from .client import BrokerClient
 from .errors import ServiceError
 from .fastpath import RerankFastPath
@@ -71,9 +71,11 @@ def create_app(settings: Settings, client: BrokerClient, handler: RerankHandler)
         strict_content_type=False,
         exception_handlers={RequestValidationError: errors.request_validation_failed},
     )
-    # add_middleware puts each layer outside those added before it: CORS is outside the body limit,
-    # so that a browser can read its 413.
+    # add_middleware puts each layer outside those added before it: CORS is outside the body limit and
+    # the media type check, so that a browser can read their 413 and 415.
     app.add_middleware(BodyLimit, too_large=handler.too_large, limit=settings.max_body_bytes)
+    app.add_middleware(JsonOnly, path="/rerank", unsupported=errors.answer(ServiceError(
+        ErrorKind.UNSUPPORTED_MEDIA, "the request body must be JSON: send Content-Type: application/json")))
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(settings.cors_origins),

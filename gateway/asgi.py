@@ -1,5 +1,5 @@
 """Plain-ASGI pieces that both ways into POST /rerank share: the answer, sending it, reading a body
-under a size limit and in time."""
+under a size limit and in time, telling JSON bodies from others."""
 
 from __future__ import annotations
 
@@ -50,6 +50,12 @@ async def read_body(receive: Receive, send: Send, limit: int, too_large: Answer)
         chunks.append(chunk)
 
 
+def is_json(content_type: bytes) -> bool:
+    """Whether a Content-Type says JSON as FastAPI reads it: application/json or application/*+json."""
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
+
+
 def replay(body: bytes, receive: Receive) -> Receive:
     """A receive that gives `body` again (already read whole), then whatever comes after it."""
     pending = [{"type": "http.request", "body": body, "more_body": False}]
@@ -84,6 +90,23 @@ class BodyLimit:
         if body is None:
             return
         await self.app(scope, replay(body, receive), send)
+
+
+class JsonOnly:
+    """Refuse a POST to `path` whose Content-Type is not JSON with `unsupported` (a 415), before its body
+    is read. No Content-Type at all is taken for JSON, as the original service took it."""
+
+    def __init__(self, app: ASGIApp, path: str, unsupported: Answer) -> None:
+        self.app = app
+        self.path = path
+        self.unsupported = unsupported
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == self.path:
+            content_type = next((v for k, v in scope["headers"] if k == b"content-type"), None)
+            if content_type is not None and not is_json(content_type):
+                return await send_answer(send, self.unsupported)
+        await self.app(scope, receive, send)
 
 
 class BodyTimeout:

@@ -95,6 +95,7 @@ class ErrorKind(enum.Enum):
     NOT_READY = "not_ready"              # a readiness check the broker did not answer
     SHUTTING_DOWN = "shutting_down"      # the gateway process is stopping
     BODY_TIMEOUT = "body_timeout"        # the client stopped sending its request body
+    UNSUPPORTED_MEDIA = "unsupported_media"  # a request body declared as something other than JSON
 
 
 _KINDS = {kind.value.encode("ascii"): kind for kind in ErrorKind}

@@ -26,6 +26,7 @@ EXPECTED = {
     ErrorKind.NOT_READY: (503, False),
     ErrorKind.SHUTTING_DOWN: (503, True),
     ErrorKind.BODY_TIMEOUT: (408, False),
+    ErrorKind.UNSUPPORTED_MEDIA: (415, False),
 }
 
 
