@@ -251,7 +251,7 @@ def write_keys(directory: str | os.PathLike, worker: str = "worker") -> dict[str
 
         DIR/broker/broker.key_secret     the broker's pair (kept if it is there)
         DIR/broker/allowed/WORKER.key    the worker's public key, allowed by the broker
-        DIR/WORKER/WORKER.key_secret     the worker's pair
+        DIR/WORKER/worker.key_secret     the worker's pair
         DIR/WORKER/broker.key            the broker's public key, for the worker
 
     Returns {"broker": {variable: path}, "worker": {variable: path}}. Raises CurveError if the worker's
@@ -266,14 +266,14 @@ def write_keys(directory: str | os.PathLike, worker: str = "worker") -> dict[str
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not (broker_dir / "broker.key_secret").exists():
         zmq.auth.create_certificates(broker_dir, "broker")
-    zmq.auth.create_certificates(worker_dir, worker)
-    shutil.copyfile(worker_dir / f"{worker}.key", allowed / f"{worker}.key")
+    zmq.auth.create_certificates(worker_dir, "worker")
+    shutil.copyfile(worker_dir / "worker.key", allowed / f"{worker}.key")
     shutil.copyfile(broker_dir / "broker.key", worker_dir / "broker.key")
-    for secret in (broker_dir / "broker.key_secret", worker_dir / f"{worker}.key_secret"):
+    for secret in (broker_dir / "broker.key_secret", worker_dir / "worker.key_secret"):
         secret.chmod(0o600)
     return {
         "broker": {"RERANKER_CURVE_BROKER_KEY": broker_dir / "broker.key_secret",
                    "RERANKER_CURVE_ALLOWED_KEYS": allowed},
-        "worker": {"RERANKER_CURVE_WORKER_KEY": worker_dir / f"{worker}.key_secret",
+        "worker": {"RERANKER_CURVE_WORKER_KEY": worker_dir / "worker.key_secret",
                    "RERANKER_CURVE_BROKER_PUBLIC_KEY": worker_dir / "broker.key"},
     }

@@ -66,7 +66,7 @@ def test_a_worker_with_an_unknown_key_never_receives_work(curve_service, keys, t
     assert [w["pid"] for w in pool] == [trusted_pid]
     assert pool[0]["pairs"] >= 20 * len(SENTENCES), "all the work went to the allowed worker"
     # The allow-list is read again as workers connect: a key added there is let in without a restart.
-    shutil.copyfile(tmp_path / "keys" / "stranger" / "stranger.key", allowed)
+    shutil.copyfile(tmp_path / "keys" / "stranger" / "worker.key", allowed)
     svc.wait_ready(2, timeout=60)  # at the stranger's next try (its back-off doubles from 1 s)
 
 
