@@ -106,6 +106,7 @@ def worker_class(settings: Settings) -> type[UvicornWorker]:
         "loop": "auto",
         "http": protocol,
         "timeout_keep_alive": settings.keepalive_timeout,
-        "limit_concurrency": settings.max_connections,
+        # uvicorn counts the connection of the request it checks: N + 1 serves N connections at most
+        "limit_concurrency": settings.max_connections + 1,
     }
     return type("GatewayWorker", (UvicornWorker,), {"CONFIG_KWARGS": config, "__module__": __name__})

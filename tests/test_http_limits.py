@@ -190,14 +190,17 @@ def request_on_new_connection(svc, path: str = "/health") -> int:
 
 def test_connections_beyond_the_limit_get_503_until_idle_ones_time_out(service_factory):
     svc = service_factory(RERANKER_MAX_CONNECTIONS="4", RERANKER_HEADER_TIMEOUT="2").start(workers=0)
+    svc.http.close()  # its kept-alive connection would count too
     idle = [connect(svc) for _ in range(3)]
     try:
         time.sleep(0.2)  # accepted by the server
-        assert request_on_new_connection(svc) == 503  # the fourth connection, counting its own
+        assert request_on_new_connection(svc) == 200  # the fourth connection: at the limit
+        idle.append(connect(svc))
+        time.sleep(0.2)
+        assert request_on_new_connection(svc) == 503  # the fifth
         for sock in idle:
             until_closed(sock, 2 + MARGIN)
         assert request_on_new_connection(svc) == 200
     finally:
         for sock in idle:
             sock.close()
-
