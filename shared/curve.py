@@ -103,7 +103,7 @@ class _Throttle:
                 return
             self._last[kind] = now
             missed = self._missed.pop(kind, 0)
-        suffix = f" ({missed} more like it in the last {LOG_EVERY:.0f} s)" if missed else ""
+        suffix = f" ({missed} more like it since the last line)" if missed else ""
         log.warning(message + suffix, *args)
 
 
@@ -226,22 +226,24 @@ def protect_workers_port(sock: zmq.Socket, settings: Settings) -> Gatekeeper | N
 def secure_worker_socket(sock: zmq.Socket, settings: Settings) -> None:
     """Before a worker connects `sock` (its DEALER) to the broker: make it a CURVE client when the
     settings name the keys, and log why the broker refuses it, if it does. Raises CurveError."""
-    url = settings.broker_url
-    if worker_curve_on(settings):
+    url, curve = settings.broker_url, worker_curve_on(settings)
+    if curve:
         public, secret = _key_pair(settings.curve_worker_key, "RERANKER_CURVE_WORKER_KEY")
         sock.curve_publickey, sock.curve_secretkey = public, secret
         sock.curve_serverkey = _public_key(settings.curve_broker_public_key, "RERANKER_CURVE_BROKER_PUBLIC_KEY")
 
     def describe(event: int, value: int) -> str:
         if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-            return f"the broker at {url} refused this worker's CURVE key: add its public key to the broker's " \
-                   f"RERANKER_CURVE_ALLOWED_KEYS"
-        if not worker_curve_on(settings):
-            return f"the broker at {url} refused this worker: it requires CURVE (set RERANKER_CURVE_WORKER_KEY " \
-                   f"and RERANKER_CURVE_BROKER_PUBLIC_KEY)"
+            return (f"the broker at {url} refused this worker's CURVE key: add its public key to the broker's "
+                    f"RERANKER_CURVE_ALLOWED_KEYS")
+        if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            return (f"the broker at {url} does not use CURVE: unset RERANKER_CURVE_WORKER_KEY and "
+                    f"RERANKER_CURVE_BROKER_PUBLIC_KEY here, or turn CURVE on there" if curve else
+                    f"the broker at {url} refused this worker: it requires CURVE (set RERANKER_CURVE_WORKER_KEY "
+                    f"and RERANKER_CURVE_BROKER_PUBLIC_KEY)")
         why = _protocol_error(value) if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL else "no details"
-        return f"the CURVE handshake with the broker at {url} failed ({why}): is RERANKER_CURVE_BROKER_PUBLIC_KEY " \
-               f"the broker's public key, and does the broker use CURVE?"
+        hint = ": is RERANKER_CURVE_BROKER_PUBLIC_KEY the broker's public key?" if curve else ""
+        return f"the handshake with the broker at {url} failed ({why}){hint}"
 
     _watch_handshakes(sock, describe)
 
