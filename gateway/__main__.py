@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from shared import curve
 from shared.logs import setup_logging
 from shared.settings import load_or_exit
 
@@ -16,6 +17,7 @@ from .server import BrokerSupervisor, GatewayServer, taken_endpoint
 
 def main() -> None:
     settings = load_or_exit(service="gateway")
+    curve.check_keys_or_exit(settings, "broker")
     taken = taken_endpoint(settings)
     if taken is not None:
         print(f"gateway: cannot start: {taken}", file=sys.stderr)

@@ -15,6 +15,7 @@ i.e. after gunicorn has forked.
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from typing import Callable
 
 import orjson
 from fastapi import FastAPI
@@ -28,7 +29,7 @@ from shared.protocol import ErrorKind
 from shared.settings import Settings
 
 from . import docs_ui, errors
-from .asgi import Answer, BodyLimit, to_response
+from .asgi import Answer, BodyLimit, BodyTimeout, JsonOnly, to_response
 from .auth import OPEN, ApiKeys, RequireKey
 from .client import BrokerClient
 from .errors import ServiceError
@@ -49,6 +50,7 @@ def build_app(settings: Settings) -> ASGIApp:
     The fast path is in front of the FastAPI app rather than one of its middlewares: inside, every
     request would first cross FastAPI's own layers (its telemetry check, body limit and error
     middleware), which about doubled the fast path's time per small request, measured in-process.
+    In front of both, BodyTimeout answers a body that stalls, whichever way in it came.
     """
     client = BrokerClient(settings)
     pool = PoolView(client)
@@ -58,7 +60,11 @@ def build_app(settings: Settings) -> ASGIApp:
     app = create_app(settings, client, handler, keys)
     routes = frozenset([*app.openapi()["paths"], *OPEN])
     fast = RerankFastPath(app, handler, settings.max_body_bytes, keys)
-    return RequestTracing(fast, metrics, routes, settings.access_log)
+    stalled = ServiceError(ErrorKind.BODY_TIMEOUT, f"the request body stalled: nothing of it arrived for "
+                                                   f"{settings.body_timeout:g} s (RERANKER_BODY_TIMEOUT)")
+    timed = ByDialect(fast, lambda inner, dialect: BodyTimeout(inner, settings.body_timeout,
+                                                               errors.answer(stalled, dialect)))
+    return RequestTracing(timed, metrics, routes, settings.access_log)
 
 
 def create_app(settings: Settings, client: BrokerClient, handler: RerankHandler, keys: ApiKeys | None) -> FastAPI:
@@ -91,12 +97,16 @@ def create_app(settings: Settings, client: BrokerClient, handler: RerankHandler,
         exception_handlers={RequestValidationError: errors.request_validation_failed,
                             HTTPException: errors.http_error},
     )
-    # add_middleware puts each layer outside those added before it: CORS is outside the body limit
-    # and the API key, so that a browser can read their 413 and 401.
+    # add_middleware puts each layer outside those added before it: CORS is outside the body limit, the
+    # API key and the media type check, so that a browser can read their 413, 401 and 415.
     app.add_middleware(tei.TeiByShape, too_large=handler.too_large, limit=settings.max_body_bytes)
+    app.add_middleware(JsonOnly, path="/rerank", unsupported=errors.answer(ServiceError(
+        ErrorKind.UNSUPPORTED_MEDIA, "the request body must be JSON: send Content-Type: application/json")))
     if keys is not None:
         app.add_middleware(RequireKey, keys=keys)
-    app.add_middleware(DialectBodyLimit, limit=settings.max_body_bytes)
+    too_large = errors.body_too_large(settings.max_body_bytes)
+    app.add_middleware(ByDialect, make=lambda inner, dialect: BodyLimit(inner, errors.answer(too_large, dialect),
+                                                                        settings.max_body_bytes))
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(settings.cors_origins),
@@ -166,13 +176,13 @@ def create_app(settings: Settings, client: BrokerClient, handler: RerankHandler,
     return app
 
 
-class DialectBodyLimit:
-    """BodyLimit, answering a body over the limit in the dialect of the path."""
+class ByDialect:
+    """A layer that answers its errors in the dialect of the path: `make(app, dialect)` builds it once for
+    each dialect, and each request goes through the one for its path."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.limits = {dialect: BodyLimit(app, errors.answer(errors.body_too_large(limit), dialect), limit)
-                       for dialect in (errors.detail_body, errors.api_body)}
+    def __init__(self, app: ASGIApp, make: Callable[[ASGIApp, errors.Dialect], ASGIApp]) -> None:
+        self.layers = {dialect: make(app, dialect) for dialect in (errors.detail_body, errors.api_body)}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         dialect = errors.dialect_for(scope["path"]) if scope["type"] == "http" else errors.detail_body
-        await self.limits[dialect](scope, receive, send)
+        await self.layers[dialect](scope, receive, send)

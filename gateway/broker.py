@@ -17,6 +17,7 @@ from pathlib import Path
 
 import zmq
 
+from shared import curve
 from shared import protocol as p
 from shared.logs import setup_logging
 from shared.settings import Settings
@@ -43,17 +44,20 @@ class Broker:
         self.settings = settings
         self.context = context or zmq.Context.instance()
         self.scheduler = make_scheduler(settings)
+        self.gatekeeper: curve.Gatekeeper | None = None
         self.frontend = self._router(settings.frontend_url)
-        self.backend = self._router(settings.workers_bind)
+        self.backend = self._router(settings.workers_bind, workers=True)
         self.running = False
 
-    def _router(self, endpoint: str) -> zmq.Socket:
+    def _router(self, endpoint: str, workers: bool = False) -> zmq.Socket:
         sock = self.context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_bytes)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable peers raise instead of vanishing
         if endpoint.startswith("ipc://"):
             Path(endpoint[len("ipc://"):]).unlink(missing_ok=True)  # a stale file from a crashed broker
+        if workers:  # CURVE and the allow-list of workers, when configured; before bind, which fixes them
+            self.gatekeeper = curve.protect_workers_port(sock, self.settings)
         sock.bind(endpoint)
         return sock
 
@@ -91,6 +95,8 @@ class Broker:
     def close(self) -> None:
         for sock in (self.frontend, self.backend):
             sock.close(0)
+        if self.gatekeeper is not None:
+            self.gatekeeper.stop()
 
     # -- inbound ---------------------------------------------------------------
     def _drain(self, sock: zmq.Socket, handler, now: float) -> None:

@@ -73,6 +73,8 @@ RULES: dict[ErrorKind, Rule] = {
                                    "(the limit is in the message)"),
     ErrorKind.NOT_READY: Rule(503, "The broker is not answering"),
     ErrorKind.SHUTTING_DOWN: Rule(503, "The gateway process is stopping", retry_after=True),
+    ErrorKind.BODY_TIMEOUT: Rule(408, "The request body stopped arriving (the timeout is in the message)"),
+    ErrorKind.UNSUPPORTED_MEDIA: Rule(415, "A Content-Type other than application/json"),
     ErrorKind.UNAUTHORIZED: Rule(401, "No valid API key: send Authorization: Bearer <key>",
                                  headers=((b"www-authenticate", b"Bearer"),)),
     ErrorKind.NOT_FOUND: Rule(404, "No such route"),
@@ -151,8 +153,37 @@ def body_too_large(limit: int) -> ServiceError:
     return ServiceError(ErrorKind.TOO_LARGE, f"request body exceeds the limit of {limit} bytes (RERANKER_MAX_BODY_BYTES)")
 
 
+# How much of a client's input an error may quote back (FastAPI's "input"): beyond it, the quote is left
+# out. Writing back a whole body of a million values took seconds of a gateway process's CPU, and
+# input nested a few hundred deep overflowed the stack of the (recursive) encoders: a 500.
+QUOTE_VALUES = 1000
+QUOTE_CHARS = 64 * 1024
+QUOTE_DEPTH = 32
+
+
+def _quotable(value: Any) -> bool:
+    """Whether `value` holds at most QUOTE_VALUES values and QUOTE_CHARS characters, nested at most
+    QUOTE_DEPTH deep; it looks at no more than that."""
+    values, chars, todo = QUOTE_VALUES, QUOTE_CHARS, [(value, 0)]
+    while todo:
+        item, depth = todo.pop()
+        values -= 1
+        if isinstance(item, str):
+            chars -= len(item)
+            if chars < 0:
+                return False
+        elif isinstance(item, (dict, list, tuple)):
+            if depth == QUOTE_DEPTH or len(todo) + len(item) * (1 + isinstance(item, dict)) > values:
+                return False
+            inner = [x for pair in item.items() for x in pair] if isinstance(item, dict) else item
+            todo.extend((x, depth + 1) for x in inner)
+    return True
+
+
 def invalid_request(errors: Sequence[dict]) -> ServiceError:
-    """The error for a request body that fails validation; `errors` as pydantic lists them."""
+    """The error for a request body that fails validation; `errors` as pydantic lists them, less the
+    quotes of inputs too large to write back."""
+    errors = [e if _quotable(e.get("input")) else {k: v for k, v in e.items() if k != "input"} for e in errors]
     return ServiceError(ErrorKind.INVALID_REQUEST, "the request body is not valid", jsonable_encoder(errors))
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .asgi import read_body, replay, send_answer
+from .asgi import is_json, read_body, replay, send_answer
 from .auth import ApiKeys
 from .handler import RerankHandler
 from .schemas import RerankRequest
@@ -42,8 +42,8 @@ class RerankFastPath:
         for name, value in scope["headers"]:
             if name == b"origin":
                 return False  # CORS: the full stack adds its headers
-            if name == b"content-type" and not value.lower().startswith(b"application/json"):
-                return False  # FastAPI decides what a non-JSON body means
+            if name == b"content-type" and not is_json(value):
+                return False  # refused by JsonOnly, in the full stack
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
                 return False  # refused whole by BodyLimit before anything is read
             if name == b"authorization":

@@ -52,9 +52,11 @@ class RerankRequest(BaseModel):
     )
 
     query: StrictStr = Field(description="The search query.")
-    sentences: list[StrictStr] = Field(description="Candidate texts to score against the query.")
+    # fail_fast: the first bad item is enough to refuse a request; listing a million of them would cost
+    # the gateway seconds of CPU per request (measured: 1.6M bad ids held a process for over 30 s).
+    sentences: list[StrictStr] = Field(description="Candidate texts to score against the query.", fail_fast=True)
     ids: list[Id] = Field(description="The caller's id for each sentence, returned with its score; "
-                                      "as many as there are sentences (422 otherwise).")
+                                      "as many as there are sentences (422 otherwise).", fail_fast=True)
     top_n: Optional[TopN] = None
     raw_scores: StrictBool = Field(False, description="Scores as the model's logits, without the sigmoid.")
     chunk: Optional[Chunk] = None

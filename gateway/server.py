@@ -20,6 +20,7 @@ from shared.settings import Settings
 
 from .app import build_app
 from .broker import run_broker
+from .connections import worker_class
 
 log = logging.getLogger("reranker.gateway")
 
@@ -102,12 +103,11 @@ class GatewayServer(BaseApplication):
         s = self.settings
         self.cfg.set("bind", [f"{s.host}:{s.port}"])
         self.cfg.set("workers", s.web_concurrency)
-        self.cfg.set("worker_class", "uvicorn_worker.UvicornWorker")
+        self.cfg.set("worker_class", worker_class(s))  # uvicorn, with the settings' connection limits
         self.cfg.set("logger_class", GatewayLog)
         self.cfg.set("logconfig_dict", gunicorn_logconfig(s))  # gunicorn's own lines as every other line
         self.cfg.set("timeout", max(30, int(s.request_timeout) + 10))
         self.cfg.set("graceful_timeout", int(s.request_timeout) + 5)
-        self.cfg.set("keepalive", 5)
         self.cfg.set("proc_name", "reranker-gateway")
         if "control_socket_disable" in self.cfg.settings:
             # gunicorn 23+'s control socket sits at one path per user: two gateways on a host would fight over it

@@ -25,6 +25,8 @@ EXPECTED = {
     ErrorKind.TOO_LARGE: (413, False),
     ErrorKind.NOT_READY: (503, False),
     ErrorKind.SHUTTING_DOWN: (503, True),
+    ErrorKind.BODY_TIMEOUT: (408, False),
+    ErrorKind.UNSUPPORTED_MEDIA: (415, False),
     ErrorKind.UNAUTHORIZED: (401, False),
     ErrorKind.NOT_FOUND: (404, False),
     ErrorKind.METHOD_NOT_ALLOWED: (405, False),

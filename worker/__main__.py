@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 
+from shared import curve
 from shared.logs import setup_logging
 from shared.settings import Settings, load_or_exit
 
@@ -28,6 +29,7 @@ WARMUP = [("what is a reranker?", "A reranker orders candidate passages by relev
 
 def main() -> None:
     settings = load_or_exit(service="worker")
+    curve.check_keys_or_exit(settings, "worker")
     setup_logging(settings, "worker")
     # Until the loop takes them over, SIGTERM stops the start as Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

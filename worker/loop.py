@@ -22,6 +22,7 @@ import traceback
 
 import zmq
 
+from shared import curve
 from shared import protocol as p
 from shared.settings import Settings
 
@@ -119,6 +120,7 @@ class WorkerLoop:
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_bytes)
+        curve.secure_worker_socket(self.socket, self.settings)  # CURVE when configured (shared/curve.py)
         self.socket.connect(self.settings.broker_url)
         self._send(p.encode(p.READY, p.encode_json(self.info)))
         log.info("worker %d: READY sent to %s", os.getpid(), self.settings.broker_url)
