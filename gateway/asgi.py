@@ -1,8 +1,9 @@
 """Plain-ASGI pieces that both ways into POST /rerank share: the answer, sending it, reading a body
-under a size limit."""
+under a size limit and in time, telling JSON bodies from others."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import NamedTuple
 
 from fastapi.responses import Response
@@ -49,6 +50,12 @@ async def read_body(receive: Receive, send: Send, limit: int, too_large: Answer)
         chunks.append(chunk)
 
 
+def is_json(content_type: bytes) -> bool:
+    """Whether a Content-Type says JSON as FastAPI reads it: application/json or application/*+json."""
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
+
+
 def replay(body: bytes, receive: Receive) -> Receive:
     """A receive that gives `body` again (already read whole), then whatever comes after it."""
     pending = [{"type": "http.request", "body": body, "more_body": False}]
@@ -83,3 +90,72 @@ class BodyLimit:
         if body is None:
             return
         await self.app(scope, replay(body, receive), send)
+
+
+class JsonOnly:
+    """Refuse a POST to `path` whose Content-Type is not JSON with `unsupported` (a 415), before its body
+    is read. No Content-Type at all is taken for JSON, as the original service took it."""
+
+    def __init__(self, app: ASGIApp, path: str, unsupported: Answer) -> None:
+        self.app = app
+        self.path = path
+        self.unsupported = unsupported
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == self.path:
+            content_type = next((v for k, v in scope["headers"] if k == b"content-type"), None)
+            if content_type is not None and not is_json(content_type):
+                return await send_answer(send, self.unsupported)
+        await self.app(scope, receive, send)
+
+
+async def _within(seconds: float, awaitable):
+    """`awaitable`'s result, or asyncio.TimeoutError after `seconds`. asyncio.timeout (Python 3.11+)
+    makes no task of its own, as wait_for does before 3.12: measured, 10 instead of 45 µs a request."""
+    timeout = getattr(asyncio, "timeout", None)
+    if timeout is None:  # Python 3.10
+        return await asyncio.wait_for(awaitable, seconds)
+    async with timeout(seconds):
+        return await awaitable
+
+
+class BodyTimeout:
+    """Answer `stalled` (a 408 that closes the connection) when a request body stalls: nothing of it
+    arrives for `seconds` while the app waits for it. The app is told the client has gone, and what it
+    sends after is dropped. Once the body is in whole, receive() waits as long as the app likes (for a
+    disconnect, say)."""
+
+    def __init__(self, app: ASGIApp, seconds: float, stalled: Answer) -> None:
+        self.app = app
+        self.seconds = seconds
+        self.stalled = stalled._replace(headers=[*stalled.headers, (b"connection", b"close")])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        body_in = gave_up = answered = False
+
+        async def receive_in_time() -> Message:
+            nonlocal body_in, gave_up
+            if gave_up:
+                return {"type": "http.disconnect"}
+            if body_in:
+                return await receive()
+            try:
+                message = await _within(self.seconds, receive())
+            except asyncio.TimeoutError:
+                gave_up = True
+                if not answered:
+                    await send_answer(send, self.stalled)
+                return {"type": "http.disconnect"}
+            body_in = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        async def send_unless_gave_up(message: Message) -> None:
+            nonlocal answered
+            if gave_up:
+                return
+            answered = True
+            await send(message)
+
+        await self.app(scope, receive_in_time, send_unless_gave_up)

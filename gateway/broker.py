@@ -22,7 +22,9 @@ from pathlib import Path
 
 import zmq
 
+from shared import curve
 from shared import protocol as p
+from shared.logs import setup_logging
 from shared.ratelimit import RateLimitedLog
 from shared.settings import Settings
 
@@ -64,17 +66,20 @@ class Broker:
         # notice a restart at their next heartbeat) before the no-worker grace starts counting.
         self.scheduler.no_workers_since = time.monotonic() + self.scheduler.heartbeat_expiry
         self.peers = RateLimitedLog(log)
+        self.gatekeeper: curve.Gatekeeper | None = None
         self.frontend = self._router(settings.frontend_url)
-        self.backend = self._router(settings.workers_bind)
+        self.backend = self._router(settings.workers_bind, workers=True)
         self.running = False
 
-    def _router(self, endpoint: str) -> zmq.Socket:
+    def _router(self, endpoint: str, workers: bool = False) -> zmq.Socket:
         sock = self.context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_bytes)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable peers raise instead of vanishing
         if endpoint.startswith("ipc://"):
             Path(endpoint[len("ipc://"):]).unlink(missing_ok=True)  # a stale file from a crashed broker
+        if workers:  # CURVE and the allow-list of workers, when configured; before bind, which fixes them
+            self.gatekeeper = curve.protect_workers_port(sock, self.settings)
         sock.bind(endpoint)
         return sock
 
@@ -116,6 +121,8 @@ class Broker:
     def close(self) -> None:
         for sock in (self.frontend, self.backend):
             sock.close(0)
+        if self.gatekeeper is not None:
+            self.gatekeeper.stop()
 
     # -- inbound ---------------------------------------------------------------
     def _drain(self, sock: zmq.Socket, handler, now: float) -> None:
@@ -181,6 +188,8 @@ class Broker:
                 self._send(self.frontend, identity,
                            p.encode(p.FAIL, rid, p.encode_kind(p.ErrorKind.BAD_REQUEST), str(exc).encode()))
                 return
+            log.debug("request %s: %d sentences", rid.decode("ascii", "replace"), len(task.sentences),
+                      extra={"request_id": task.trace})
             self.scheduler.submit(identity, rid, task, now)
         elif msg.kind == p.CANCEL:
             self.scheduler.cancel(identity, msg.args[0])
@@ -201,6 +210,8 @@ class Broker:
         for action in actions:
             if isinstance(action, SendJob):
                 body = p.encode_job_body(action.tasks)
+                log.debug("job %s to worker %s: %d tasks", action.job_id.decode(), action.worker.hex(),
+                          len(action.tasks), extra={"request_id": ",".join(t.trace for t in action.tasks if t.trace)})
                 # Reading EVENTS makes the socket take in what its I/O thread knows (as sends do only
                 # now and then): a peer whose connection has closed is then unroutable, and the send
                 # below fails instead of dropping the job into a pipe that is going away.
@@ -231,7 +242,7 @@ class Broker:
 
 def run_broker(settings: Settings) -> None:
     """Entry point of the broker process."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(settings, "broker")
     # Our own process group: a Ctrl-C or SIGTERM meant for gunicorn's group must not stop the broker
     # under requests still draining; the supervisor stops it after gunicorn, or it exits when
     # its parent is gone.

@@ -7,11 +7,12 @@ the response classes (docs/benchmarks.md). The plain JSON POST that search
 backends send skips them: pydantic parses and validates the raw body in one
 step, the RerankHandler answers, and the answer is written with two ASGI
 messages. Everything else goes on to the FastAPI app: a browser request with an
-Origin header (it needs CORS), another content type, every other route, and any
-body that pydantic refuses. The FastAPI app's /rerank route runs the same
-RerankHandler and is what /docs describes; as it also parses every body the
-fast path refuses, the two ways in answer alike (tests/test_gateway.py
-compares them, errors included).
+Origin header (it needs CORS), another content type, a request without a valid
+API key where one is set (the app answers 401), every other route, and any body
+that pydantic refuses (TEI's shape among them: the app routes it by shape). The
+FastAPI app's /rerank route runs the same RerankHandler and is what /docs
+describes; as it also parses every body the fast path refuses, the two ways in
+answer alike (tests/test_gateway.py compares them, errors included).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from __future__ import annotations
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .asgi import read_body, replay, send_answer
+from .asgi import is_json, read_body, replay, send_answer
+from .auth import ApiKeys
 from .disconnect import unless_disconnected
 from .handler import RerankHandler
 from .schemas import RerankRequest
@@ -28,22 +30,26 @@ from .schemas import RerankRequest
 class RerankFastPath:
     """Serves plain JSON POST /rerank with `handler`; hands every other request to `app`."""
 
-    def __init__(self, app: ASGIApp, handler: RerankHandler, limit: int) -> None:
+    def __init__(self, app: ASGIApp, handler: RerankHandler, limit: int, keys: ApiKeys | None = None) -> None:
         self.app = app
         self.handler = handler
         self.limit = limit
+        self.keys = keys
 
     def _takes(self, scope: Scope) -> bool:
         if scope["type"] != "http" or scope["path"] != "/rerank" or scope["method"] != "POST":
             return False
+        authorization = None
         for name, value in scope["headers"]:
             if name == b"origin":
                 return False  # CORS: the full stack adds its headers
-            if name == b"content-type" and not value.lower().startswith(b"application/json"):
-                return False  # FastAPI decides what a non-JSON body means
+            if name == b"content-type" and not is_json(value):
+                return False  # refused by JsonOnly, in the full stack
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
                 return False  # refused whole by BodyLimit before anything is read
-        return True
+            if name == b"authorization":
+                authorization = value
+        return self.keys is None or self.keys.accepts(authorization)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self._takes(scope):

@@ -106,6 +106,12 @@ class ErrorKind(enum.Enum):
     TOO_LARGE = "too_large"              # over a size limit (body, sentences, characters)
     NOT_READY = "not_ready"              # a readiness check the broker did not answer
     SHUTTING_DOWN = "shutting_down"      # the gateway process is stopping
+    BODY_TIMEOUT = "body_timeout"        # the client stopped sending its request body
+    UNSUPPORTED_MEDIA = "unsupported_media"  # a request body declared as something other than JSON
+    UNAUTHORIZED = "unauthorized"        # no valid API key (Authorization: Bearer)
+    NOT_FOUND = "not_found"              # no such HTTP route
+    METHOD_NOT_ALLOWED = "method_not_allowed"  # the route exists, not with this method
+    WRONG_MODEL = "wrong_model"          # the request names a model this service does not serve
 
 
 _KINDS = {kind.value.encode("ascii"): kind for kind in ErrorKind}

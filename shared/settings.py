@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Sequence, get_args
 
 from dotenv import dotenv_values
-from pydantic import BeforeValidator, Field, StringConstraints, ValidationError
+from pydantic import (AfterValidator, BeforeValidator, Field, SecretStr, StringConstraints, ValidationError,
+                      model_validator)
 from pydantic_settings import (
     BaseSettings,
     CliSettingsSource,
@@ -33,6 +34,7 @@ from pydantic_settings import (
 from pydantic_settings import SettingsError as _CommandLineError
 from pydantic_settings.sources.utils import parse_env_vars
 
+from .endpoints import is_local
 from .modes import BACKENDS, PRECISIONS
 
 DEFAULT_MODEL = "mixedbread-ai/mxbai-rerank-base-v1"
@@ -84,9 +86,28 @@ def choice(*names: str) -> Any:
                      Form("one of " + ", ".join(names), "{" + ",".join(names) + "}")]
 
 
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1), Form("a non-empty string", "TEXT")]
-Endpoint = Annotated[str, StringConstraints(strip_whitespace=True, min_length=9, pattern=r"^(tcp|ipc|inproc)://"),
-                     Form("a ZeroMQ endpoint such as tcp://host:5555 or ipc:///path", "URL")]
+_NON_EMPTY = StringConstraints(strip_whitespace=True, min_length=1)
+Text = Annotated[str, _NON_EMPTY, Form("a non-empty string", "TEXT")]
+_ENDPOINT = StringConstraints(strip_whitespace=True, min_length=9, pattern=r"^(tcp|ipc|inproc)://")
+Endpoint = Annotated[str, _ENDPOINT, Form("a ZeroMQ endpoint such as tcp://host:5555 or ipc:///path", "URL")]
+
+
+def _local(endpoint: str) -> str:
+    if not is_local(endpoint):
+        raise ValueError("not a local endpoint")
+    return endpoint
+
+
+# Between the gateway processes and the broker: no authentication, so never off this host.
+LocalEndpoint = Annotated[str, _ENDPOINT, AfterValidator(_local),
+                          Form("a local ZeroMQ endpoint: ipc:///path, or tcp:// on a loopback address "
+                               "such as tcp://127.0.0.1:5556", "URL")]
+File = Annotated[str, _NON_EMPTY, Form("a file path", "FILE")]
+Directory = Annotated[str, _NON_EMPTY, Form("a directory", "DIR")]
+Flag = Annotated[bool, BeforeValidator(_stripped_lower), Form("true or false", "{true,false}")]
+# A secret: --help, the README and repr() never show its value.
+Secret = Annotated[SecretStr, BeforeValidator(lambda v: v.strip() if isinstance(v, str) else v),
+                   Field(min_length=1), Form("a non-empty string", "KEY")]
 Origins = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list), Field(min_length=1),
                     Form("a comma-separated list of origins, or *", "ORIGINS")]
 
@@ -142,10 +163,69 @@ class Settings(BaseSettings):
     max_body_bytes: integer(1024) = option(
         8 * 1024 * 1024, "RERANKER_MAX_BODY_BYTES", "Largest request body accepted; more gets 413.",
         read_by=(GATEWAY,))
+    keepalive_timeout: number() = option(
+        5.0, "RERANKER_KEEPALIVE_TIMEOUT", "Seconds an idle keep-alive HTTP connection stays open between requests.",
+        read_by=(GATEWAY,))
+    header_timeout: number() = option(
+        10.0, "RERANKER_HEADER_TIMEOUT",
+        "Seconds a client has to send a request's headers, from its connection's start or the request's first "
+        "byte; then the connection is closed.", read_by=(GATEWAY,))
+    body_timeout: number() = option(
+        10.0, "RERANKER_BODY_TIMEOUT",
+        "Seconds a request body may stall (nothing arrives) before the request gets 408 and its connection is "
+        "closed; also the time a client has to finish a body that was answered before it was read (a 413).",
+        read_by=(GATEWAY,))
+    max_connections: integer(1) = option(
+        1000, "RERANKER_MAX_CONNECTIONS",
+        "Most open HTTP connections (and requests in progress) per gateway process; a request beyond it gets 503 "
+        "and its connection is closed.", read_by=(GATEWAY,))
+    api_key: Secret | None = option(
+        None, "RERANKER_API_KEY",
+        "API key: when set (here or in RERANKER_API_KEY_FILE), every route but /health, /ready and the docs "
+        "needs `Authorization: Bearer <key>`, else 401.", read_by=(GATEWAY,), shown="unset")
+    api_key_file: File | None = option(
+        None, "RERANKER_API_KEY_FILE",
+        "File of accepted API keys, one a line (# comments allowed), read at start; with RERANKER_API_KEY, "
+        "both are accepted.", read_by=(GATEWAY,), shown="unset")
+    accept_any_model: Flag = option(
+        False, "RERANKER_ACCEPT_ANY_MODEL",
+        "Answer requests whatever `model` they name; otherwise a request naming a model the workers do not "
+        "serve gets 404 naming the one served.", read_by=(GATEWAY,))
+    long_texts: choice("truncate", "chunk") = option(
+        "truncate", "RERANKER_LONG_TEXTS",
+        "Default for texts longer than the model's window: truncate (score the head) or chunk (score every "
+        "window, keep the best). A request can choose with `chunk`.", read_by=(GATEWAY,))
+    chunk_overlap: integer(0) = option(
+        64, "RERANKER_CHUNK_OVERLAP", "Tokens that consecutive windows of a chunked text share.", read_by=(GATEWAY,))
+    chunk_max_tokens: integer(1) = option(
+        4096, "RERANKER_CHUNK_MAX_TOKENS",
+        "Tokens of a chunked text scored at most (a request's max_tokens_per_doc can lower it).",
+        read_by=(GATEWAY,))
+    access_log: Flag = option(
+        False, "RERANKER_ACCESS_LOG",
+        "Log one line per HTTP request (method, path, status, time, request id). Off by default: on a small "
+        "request it adds about a quarter to the gateway's CPU time (measured).", read_by=(GATEWAY,))
+    metrics_dir: Directory = option(
+        None, "RERANKER_METRICS_DIR",
+        "Directory where the gateway processes keep their Prometheus metrics, for /metrics to add up "
+        "(a subdirectory per run, removed when stale).", read_by=(GATEWAY,),
+        shown="$TMPDIR/reranker-metrics-$PORT",
+        computed=lambda values: f"{tempfile.gettempdir()}/reranker-metrics-{values['port']}")
     # Broker
     workers_bind: Endpoint = option(
-        "tcp://0.0.0.0:5555", "RERANKER_WORKERS_BIND", "Where the broker listens for workers.", read_by=(BROKER,))
-    frontend_url: Endpoint = option(
+        "tcp://127.0.0.1:5555", "RERANKER_WORKERS_BIND",
+        "Where the broker listens for workers. Binding beyond loopback without CURVE logs a warning.",
+        read_by=(BROKER,))
+    curve_broker_key: File | None = option(
+        None, "RERANKER_CURVE_BROKER_KEY",
+        "The broker's CURVE secret key file (`reranker keys` writes it). Set with RERANKER_CURVE_ALLOWED_KEYS, it "
+        "turns CURVE on for the workers port: traffic encrypted, and only allowed workers may join.",
+        read_by=(BROKER,), shown="unset: CURVE off")
+    curve_allowed_keys: Directory | None = option(
+        None, "RERANKER_CURVE_ALLOWED_KEYS",
+        "Directory of the public key files (*.key) of the workers allowed to join; read again as workers connect.",
+        read_by=(BROKER,), shown="unset: CURVE off")
+    frontend_url: LocalEndpoint = option(
         None, "RERANKER_FRONTEND", "Local endpoint between the gateway processes and the broker.",
         read_by=(GATEWAY, BROKER), shown="ipc://$TMPDIR/reranker-$PORT.ipc",
         computed=lambda values: f"ipc://{tempfile.gettempdir()}/reranker-{values['port']}.ipc")
@@ -193,6 +273,14 @@ class Settings(BaseSettings):
         "Name of the worker pool: the broker refuses a worker that names another pool, so that a worker "
         "never joins a service it was not started for. Set the same value on the gateway and its workers.",
         read_by=(BROKER, WORKER))
+    curve_worker_key: File | None = option(
+        None, "RERANKER_CURVE_WORKER_KEY",
+        "This worker's CURVE secret key file (`reranker keys` writes it). Set with "
+        "RERANKER_CURVE_BROKER_PUBLIC_KEY, the worker speaks CURVE to the broker.",
+        read_by=(WORKER,), shown="unset: CURVE off")
+    curve_broker_public_key: File | None = option(
+        None, "RERANKER_CURVE_BROKER_PUBLIC_KEY", "The broker's public key file (`reranker keys` writes it).",
+        read_by=(WORKER,), shown="unset: CURVE off")
     model: Text = option(
         DEFAULT_MODEL, "RERANKER_MODEL", "CrossEncoder to load: a Hugging Face hub name or a local directory.",
         read_by=(WORKER,))
@@ -218,15 +306,33 @@ class Settings(BaseSettings):
         read_by=(WORKER,), shown="model's maximum")
     health_file: Text = option(
         None, "RERANKER_HEALTH_FILE",
-        "File the worker rewrites every heartbeat with its state; `python -m worker.health` checks it.",
-        read_by=(WORKER,), shown="$TMPDIR/reranker-worker-health.json",
-        computed=lambda values: f"{tempfile.gettempdir()}/reranker-worker-health.json")
+        "File the worker rewrites every heartbeat with its state; `python -m worker.health` checks it. "
+        "Unset: one file per worker process, and worker.health checks every live worker's.",
+        read_by=(WORKER,), shown="$TMPDIR/reranker-worker-$PID.json",
+        computed=lambda values: f"{tempfile.gettempdir()}/reranker-worker-{os.getpid()}.json")
+    # Logs
+    log_format: choice("text", "json") = option(
+        "text", "RERANKER_LOG_FORMAT", "Log lines as text, or as JSON objects one a line.",
+        read_by=(GATEWAY, BROKER, WORKER))
+    log_level: choice("debug", "info", "warning", "error") = option(
+        "info", "RERANKER_LOG_LEVEL", "Least severe log lines written (debug adds a line per request in the broker "
+        "and per job in the worker).", read_by=(GATEWAY, BROKER, WORKER))
     stub_delay_ms: number(0.0, inclusive=True) = option(
         0.0, "RERANKER_STUB_DELAY_MS", "Stub backend only: simulated compute per pair, in ms.", read_by=(WORKER,))
     stub_fail_on: Text | None = option(
         None, "RERANKER_STUB_FAIL_ON",
         "Stub backend only: a job with a sentence containing this text fails, as a scorer that raises.",
         read_by=(WORKER,), shown="unset")
+
+    @model_validator(mode="after")
+    def _curve_keys_in_pairs(self) -> "Settings":
+        for a, b in (("curve_broker_key", "curve_allowed_keys"), ("curve_worker_key", "curve_broker_public_key")):
+            if (getattr(self, a) is None) != (getattr(self, b) is None):
+                given, missing = (a, b) if getattr(self, a) is not None else (b, a)
+                fields = type(self).model_fields
+                raise ValueError(f"{fields[given].validation_alias} is set but {fields[missing].validation_alias} "
+                                 f"is not: CURVE needs both")
+        return self
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
@@ -347,8 +453,8 @@ def _first_error(exc: ValidationError, layers: list[PydanticBaseSettingsSource])
     error = exc.errors()[0]
     key = error["loc"][0] if error["loc"] else ""  # the variable's name: load() passes values by it
     o = next((o for o in options() if o.env == key), None)
-    if o is None:
-        return f"{key or 'settings'}: {error['msg']}"
+    if o is None:  # a check of several values: its own message says which
+        return str(error.get("ctx", {}).get("error", error["msg"])) if not key else f"{key}: {error['msg']}"
     for layer in layers:  # the first that has it gave the value
         values = layer()
         if o.env in values:

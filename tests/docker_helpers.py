@@ -23,22 +23,37 @@ _LEAKY = ("RERANKER_", "NUM_THREADS", "WEB_CONCURRENCY", "WORKER_", "GATEWAY_", 
           "PIP_INDEX_URL", "TORCH_INDEX_URL", "BUILD_NETWORK", "COMPOSE_", "HEALTHCHECK_INTERVAL", "DEV_PORT")
 
 
+def base_image() -> str:
+    """The image both Dockerfiles build FROM in the tests (and the test client runs on)."""
+    return build_env().get("BASE_IMAGE", "python:3.11-slim")
+
+
 def docker_unavailable() -> str | None:
-    """Why the Docker tests cannot run here, or None if they can."""
+    """Why the Docker tests cannot run here (one line), or None if they can: no docker CLI, no engine
+    answering `docker info`, no Compose v2, or a base image that is neither here nor pullable."""
     if shutil.which("docker") is None:
-        return "docker CLI not found (run ../shared/docker-lab/up, or install Docker)"
+        return "docker CLI not found"
     try:
         info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True,
                               text=True, timeout=60)
-    except subprocess.TimeoutExpired:
-        return "`docker info` timed out: no Docker engine answers"
-    if info.returncode != 0:
-        last = (info.stderr.strip().splitlines() or ["no output"])[-1]
-        return f"`docker info` failed, no Docker engine ({last}); run ../shared/docker-lab/up"
-    compose = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, timeout=60)
-    if compose.returncode != 0:
-        return "the Docker Compose v2 plugin (`docker compose`) is missing"
+        if info.returncode != 0:
+            return f"`docker info` failed, no Docker engine ({_last_line(info)})"
+        compose = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, timeout=60)
+        if compose.returncode != 0:
+            return "the Docker Compose v2 plugin (`docker compose`) is missing"
+        image = base_image()
+        if subprocess.run(["docker", "image", "inspect", image], capture_output=True, timeout=60).returncode != 0:
+            pull = subprocess.run(["docker", "pull", "-q", image], capture_output=True, text=True, timeout=600)
+            if pull.returncode != 0:
+                return (f"the base image {image} is not here and cannot be pulled ({_last_line(pull)}); "
+                        f"BASE_IMAGE names a local one")
+    except subprocess.TimeoutExpired as exc:
+        return f"`{' '.join(exc.cmd[:3])}` timed out after {exc.timeout:g} s"
     return None
+
+
+def _last_line(proc: subprocess.CompletedProcess) -> str:
+    return (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["no output"])[-1]
 
 
 def docker(*args: str, timeout: float = 120, check: bool = True, input: str | None = None,
@@ -57,16 +72,14 @@ def clean_environ(**extra: str) -> dict[str, str]:
     return env
 
 
-def lab_build_env() -> dict[str, str]:
-    """Build settings: the Docker lab's (base image, package index, host network) where it is up."""
-    env = {}
-    if os.environ.get("DOCKER_LAB_BASE_IMAGE"):
-        env["BASE_IMAGE"] = os.environ["DOCKER_LAB_BASE_IMAGE"]
-    if os.environ.get("DOCKER_LAB_INDEX_URL"):
-        env["PIP_INDEX_URL"] = env["TORCH_INDEX_URL"] = os.environ["DOCKER_LAB_INDEX_URL"]
-    if os.environ.get("DOCKER_LAB_BUILD_NETWORK"):
-        env["BUILD_NETWORK"] = os.environ["DOCKER_LAB_BUILD_NETWORK"]
-    return env
+def build_env() -> dict[str, str]:
+    """Build settings: BASE_IMAGE, PIP_INDEX_URL, TORCH_INDEX_URL and BUILD_NETWORK from the shell (a
+    mirror, an offline index), else CI's DOCKER_LAB_* ones; none: the Dockerfiles' defaults."""
+    ci = os.environ.get
+    fallback = {"BASE_IMAGE": ci("DOCKER_LAB_BASE_IMAGE"), "PIP_INDEX_URL": ci("DOCKER_LAB_INDEX_URL"),
+                "TORCH_INDEX_URL": ci("DOCKER_LAB_INDEX_URL"), "BUILD_NETWORK": ci("DOCKER_LAB_BUILD_NETWORK")}
+    chosen = {name: os.environ.get(name) or value for name, value in fallback.items()}
+    return {name: value for name, value in chosen.items() if value}
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.5,
@@ -96,7 +109,7 @@ class Stack:
         self.env_file = env_file
         self.client_image = client_image
         self.client = f"{project}-client"
-        self.env = clean_environ(**lab_build_env())
+        self.env = clean_environ(**build_env())
         self.timings: dict[str, float] = {}
 
     # -- compose -------------------------------------------------------------

@@ -54,7 +54,11 @@ class InprocBroker:
         self.broker.close()
         for sock in self.sockets:
             sock.close(0)
-        self.context.destroy(linger=0)
+        # Every socket is closed by its own thread by now (destroy() would close them from this one,
+        # under the threads that watch their handshakes): term() returns once libzmq has let go.
+        ending = threading.Thread(target=self.context.term, daemon=True)
+        ending.start()
+        ending.join(10)
 
     # -- peers ------------------------------------------------------------------
     def socket(self, endpoint: str) -> zmq.Socket:

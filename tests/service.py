@@ -66,12 +66,12 @@ class Service:
         self.workers.append(proc)
         return proc
 
-    def start(self, workers: int = 0, **worker_settings: str) -> "Service":
+    def start(self, workers: int = 0, ready_timeout: float = 30, **worker_settings: str) -> "Service":
         self.start_gateway()
         for _ in range(workers):
             self.start_worker(**worker_settings)
         if workers:
-            self.wait_ready(workers)
+            self.wait_ready(workers, ready_timeout)
         return self
 
     def stop(self) -> None:
@@ -111,7 +111,15 @@ class Service:
         return r.json() if r.status_code in (200, 503) and r.headers.get("content-type") == "application/json" else {}
 
     def wait_ready(self, workers: int, timeout: float = 30) -> dict:
-        self.wait_for(lambda: self.ready().get("workers") == workers, timeout, f"{workers} workers ready")
+        """Until /ready lists `workers` workers; fails at once, with the logs, when too few worker
+        processes are left to get there (one died loading its model, say), rather than at the timeout."""
+        def ready() -> bool:
+            alive = sum(proc.poll() is None for proc in self.workers)
+            if alive < workers:
+                raise AssertionError(f"waiting for {workers} workers ready, but only {alive} worker processes "
+                                     f"are running\n{self.logs()}")
+            return self.ready().get("workers") == workers
+        self.wait_for(ready, timeout, f"{workers} workers ready")
         return self.ready()
 
     def wait_for(self, condition, timeout: float = 30, what: str = "condition") -> None:

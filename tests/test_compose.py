@@ -5,9 +5,9 @@ Static checks of the Dockerfiles, .dockerignore and compose files run everywhere
 tests (marker `docker`) build both images and run the compose project on a real
 engine: an external bridge network made by the test, 3 stub workers scaled to 5
 and back to 1 under load, a worker killed under load, the gateway restarted, every
-worker recreated by a configuration change under load, and the real torch
-backend on a tiny local model. They skip only where `docker info`
-fails; CI runs ../shared/docker-lab/up first, so they run there.
+worker recreated by a configuration change under load, and the real torch backend
+on a tiny local model. They skip, in one line, where no engine answers `docker info`
+or the base image can be neither found nor pulled; CI provides both.
 """
 
 from __future__ import annotations
@@ -27,13 +27,15 @@ from pathlib import Path
 import pytest
 
 from shared.settings import SERVICES, options
-from tests.docker_helpers import ROOT, Stack, docker, docker_unavailable, wait_for
+from tests.docker_helpers import ROOT, Stack, base_image, docker, docker_unavailable, wait_for
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the compose files")
 
 COMPOSE = ROOT / "docker-compose.yml"
 DEV = ROOT / "docker-compose.dev.yml"
 LOCAL_MODEL = ROOT / "deploy" / "compose" / "local-model.yml"
+CURVE_BROKER = ROOT / "deploy" / "compose" / "curve-broker.yml"
+CURVE_WORKER = ROOT / "deploy" / "compose" / "curve-worker.yml"
 SETTINGS_VARS = {o.env for o in options()}
 # Set in the images or fixed in the compose file, not knobs: clients and workers rely on them.
 FIXED = {"HOST": "0.0.0.0", "PORT": "8300", "RERANKER_WORKERS_BIND": "tcp://0.0.0.0:5555",
@@ -272,6 +274,32 @@ def test_compose_has_a_knob_for_every_setting():
                 assert value.startswith("${" + o.env + ":-"), f"{name}.{o.env}={value}"
 
 
+def test_containers_run_read_only_without_privileges():
+    """A read-only root file system, no capabilities, no privilege gain; /tmp a tmpfs. What else a
+    container writes is a declared volume (the worker's model cache, tested above)."""
+    for name, svc in load(COMPOSE)["services"].items():
+        assert svc["read_only"] is True, name
+        assert svc["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in svc["security_opt"], name
+        assert any(t.split(":")[0] == "/tmp" for t in svc["tmpfs"]), name
+
+
+def test_curve_overrides_mount_the_keys_where_the_settings_say():
+    """Each CURVE setting the overrides give names a file or directory they mount: a compose secret
+    (/run/secrets/NAME) or a read-only bind mount."""
+    for path, service, variables in ((CURVE_BROKER, "gateway", {"RERANKER_CURVE_BROKER_KEY", "RERANKER_CURVE_ALLOWED_KEYS"}),
+                                     (CURVE_WORKER, "worker", {"RERANKER_CURVE_WORKER_KEY",
+                                                               "RERANKER_CURVE_BROKER_PUBLIC_KEY"})):
+        override = load(path)
+        svc = override["services"][service]
+        assert set(svc["environment"]) == variables
+        secrets = {f"/run/secrets/{name}" for name in svc["secrets"]}
+        assert set(svc["secrets"]) <= set(override["secrets"])
+        binds = {v["target"] for v in svc.get("volumes", []) if v["type"] == "bind" and v["read_only"] is True}
+        for variable, value in svc["environment"].items():
+            assert value in secrets | binds, f"{path.name}: {variable}={value} is not mounted"
+
+
 def test_dev_override_creates_network_and_publishes_on_loopback_only():
     dev = load(DEV)
     base = load(COMPOSE)
@@ -336,6 +364,27 @@ def test_compose_config_dev_and_local_model(tmp_path):
     assert bind[0]["source"] == str(tmp_path) and worker["environment"]["RERANKER_MODEL"] == bind[0]["target"]
 
 
+def test_compose_config_with_curve_keys_from_reranker_keys(tmp_path):
+    from shared.curve import write_keys
+
+    keys = write_keys(tmp_path / "keys")
+    env = {"RERANKER_CURVE_BROKER_DIR": str(tmp_path / "keys" / "broker"),
+           "RERANKER_CURVE_WORKER_DIR": str(tmp_path / "keys" / "worker")}
+    c = compose_config(COMPOSE, CURVE_BROKER, CURVE_WORKER, project_dir=tmp_path, env=env)
+    files = {name: secret["file"] for name, secret in c["secrets"].items()}
+    for service, side in (("gateway", "broker"), ("worker", "worker")):
+        svc = c["services"][service]
+        mounts = {f"/run/secrets/{s['source']}": files[s["source"]] for s in svc["secrets"]}
+        mounts.update({v["target"]: v["source"] for v in svc["volumes"] if v["type"] == "bind"})
+        for variable, path in keys[side].items():  # the container's path leads to the file reranker keys wrote
+            assert mounts[svc["environment"][variable]] == str(path), variable
+        assert svc["read_only"] is True
+    proc = subprocess.run(["docker", "compose", "--project-directory", str(tmp_path), "-f", str(COMPOSE), "-f",
+                           str(CURVE_BROKER), "config", "-q"], capture_output=True, text=True,
+                          env={"PATH": os.environ["PATH"]}, timeout=60)
+    assert proc.returncode != 0 and "RERANKER_CURVE_BROKER_DIR" in proc.stderr
+
+
 def test_compose_config_workers_on_other_hosts(tmp_path):
     exposed = compose_config(COMPOSE, ROOT / "deploy/compose/expose-broker.yml", project_dir=tmp_path,
                              env={"BROKER_PUBLISH": "10.0.0.5:5555"})
@@ -378,8 +427,7 @@ def stack(tmp_path_factory):
     network = f"{run_id}_wdoi_internal"
     env_file = tmp_path_factory.mktemp("compose") / "test.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in {**STUB_ENV, "RERANKER_NETWORK": network}.items()))
-    client_image = os.environ.get("DOCKER_LAB_BASE_IMAGE") or "python:3.11-slim"
-    s = Stack(run_id, network, env_file, client_image)
+    s = Stack(run_id, network, env_file, base_image())
     try:
         s.timed("build", lambda: s.compose("build", timeout=1800))
         for title in ("reranker-gateway", "reranker-worker"):  # what rebuilds left behind, only ours

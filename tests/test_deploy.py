@@ -371,3 +371,72 @@ def test_network_policy_keeps_the_broker_port_to_workers():
             assert selects(peer["podSelector"]["matchLabels"], worker["spec"]["template"]["metadata"]["labels"])
     http_rules = [r for r in policy["spec"]["ingress"] if any(p["port"] == 8300 for p in r.get("ports", []))]
     assert http_rules, "clients must still reach 8300"
+
+
+def test_containers_run_read_only_with_no_capabilities():
+    for d in (o for o in objects() if o["kind"] == "Deployment"):
+        pod = d["spec"]["template"]["spec"]
+        c = container(d)
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+        assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        tmp = [m for m in c["volumeMounts"] if m["mountPath"] == "/tmp"]
+        assert tmp and "emptyDir" in volumes[tmp[0]["name"]], "a writable /tmp (ipc socket, health file)"
+
+
+# -- the CURVE component (deploy/k8s/curve) -----------------------------------------------------
+
+CURVE = K8S / "curve"
+
+
+def test_curve_component_mounts_the_keys_reranker_keys_writes(tmp_path):
+    """Each CURVE setting names a file (or the directory) of a Secret volume mounted read-only, under
+    the name `reranker keys` gives it, and only programs that read the setting get it."""
+    from shared.curve import write_keys
+
+    written = write_keys(tmp_path / "keys")
+    component = yaml.safe_load((CURVE / "kustomization.yaml").read_text())
+    assert component["kind"] == "Component"
+    patches = {doc["metadata"]["name"]: doc
+               for doc in (yaml.safe_load((CURVE / p["path"]).read_text()) for p in component["patches"])}
+    assert set(patches) == {"cross-encoder-gateway", "cross-encoder-worker"}
+    for name, side in (("cross-encoder-gateway", "broker"), ("cross-encoder-worker", "worker")):
+        patch = patches[name]
+        c = container(patch)
+        assert c["name"] == container(one("Deployment", name))["name"]
+        secrets = {v["name"]: v["secret"] for v in patch["spec"]["template"]["spec"]["volumes"]}
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+        env = env_of(c)
+        assert set(env) == set(written[side]) and set(env) <= {o.env for o in options(c["name"])}
+        for variable, path in written[side].items():
+            value = env[variable]
+            mount = mounts.get(value) or mounts[value.rsplit("/", 1)[0]]  # the directory, or a file in it
+            assert mount["readOnly"] is True and mount["name"] in secrets
+            if value not in mounts:
+                assert value.rsplit("/", 1)[1] == path.name, f"{variable}: the file reranker keys writes"
+
+
+def test_curve_component_renders_with_kubectl(tmp_path):
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed")
+    base = os.path.relpath(K8S, tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(f"resources: [{base}]\ncomponents: [{base}/curve]\n")
+    proc = subprocess.run(["kubectl", "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    rendered = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    for obj in rendered:
+        assert not validate(obj, SCHEMAS[(obj["apiVersion"], obj["kind"])]), obj["metadata"]["name"]
+    deployments = {d["metadata"]["name"]: d for d in rendered if d["kind"] == "Deployment"}
+    for name in ("cross-encoder-gateway", "cross-encoder-worker"):
+        c = container(deployments[name])
+        curve = {k for k in env_of(c) if k.startswith("RERANKER_CURVE_")}
+        assert len(curve) == 2, name
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True  # the base's context is kept
+        mounted = {m["name"] for m in c["volumeMounts"]}
+        assert {v["name"] for v in deployments[name]["spec"]["template"]["spec"]["volumes"]} >= mounted

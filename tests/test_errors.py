@@ -25,6 +25,12 @@ EXPECTED = {
     ErrorKind.TOO_LARGE: (413, False),
     ErrorKind.NOT_READY: (503, False),
     ErrorKind.SHUTTING_DOWN: (503, True),
+    ErrorKind.BODY_TIMEOUT: (408, False),
+    ErrorKind.UNSUPPORTED_MEDIA: (415, False),
+    ErrorKind.UNAUTHORIZED: (401, False),
+    ErrorKind.NOT_FOUND: (404, False),
+    ErrorKind.METHOD_NOT_ALLOWED: (405, False),
+    ErrorKind.WRONG_MODEL: (404, False),
 }
 
 
@@ -37,7 +43,8 @@ def test_a_fail_frame_becomes_its_http_answer(kind):
     want_status, retry = EXPECTED[kind]
     assert status == want_status
     assert body == '{"detail":"why: é"}'.encode()
-    assert (b"retry-after", b"1") in headers if retry else headers == []
+    assert (b"retry-after", b"1") in headers if retry else (b"retry-after", b"1") not in headers
+    assert ((b"www-authenticate", b"Bearer") in headers) == (kind is ErrorKind.UNAUTHORIZED)
 
 
 @pytest.mark.parametrize("raw", [b"", b"504", b"OVERLOADED", b"overloaded ", b"\xff"])
@@ -78,6 +85,33 @@ def test_openapi_lists_each_status_once_with_every_cause():
     responses = errors.openapi_responses([ErrorKind.NO_WORKER, ErrorKind.TOO_LARGE, ErrorKind.SHUTTING_DOWN])
     assert list(responses) == [413, 503]
     assert "No worker" in responses[503]["description"] and "stopping" in responses[503]["description"]
+
+
+def test_the_api_dialect_has_a_message_and_a_type_for_each_client():
+    status, body, _ = errors.answer(ServiceError(ErrorKind.OVERLOADED, "busy"), errors.api_body)
+    assert status == 429
+    assert json.loads(body) == {"message": "busy", "error": "busy", "error_type": "overloaded"}
+
+
+def test_the_api_dialect_names_the_invalid_fields_in_its_message():
+    listed = [{"type": "missing", "loc": ("body", "documents"), "msg": "Field required", "input": {}},
+              {"type": "string_type", "loc": ("body", "query"), "msg": "Input should be a valid string", "input": 5}]
+    status, body, _ = errors.answer(errors.invalid_request(listed), errors.api_body)
+    got = json.loads(body)
+    assert status == 422 and got["error_type"] == "invalid_request"
+    assert got["message"] == got["error"] == ("invalid request: documents: Field required; "
+                                              "query: Input should be a valid string")
+    assert got["errors"] == [{"field": "documents", "message": "Field required", "type": "missing"},
+                             {"field": "query", "message": "Input should be a valid string", "type": "string_type"}]
+    assert "5" not in body.decode()  # what the client sent is not echoed
+
+
+@pytest.mark.parametrize("path, dialect", [("/rerank", errors.detail_body), ("/info", errors.detail_body),
+                                           ("/v2/rerank", errors.api_body), ("/v1/rerank", errors.api_body),
+                                           ("/tei/rerank", errors.api_body), ("/v2", errors.api_body),
+                                           ("/v2x", errors.detail_body), ("/tei", errors.api_body)])
+def test_the_dialect_follows_the_path(path, dialect):
+    assert errors.dialect_for(path) is dialect
 
 
 @pytest.mark.parametrize("seconds, header", [(None, b"1"), (0.2, b"1"), (1.0, b"1"), (7.01, b"8"), (42.5, b"43")])

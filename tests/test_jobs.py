@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from devkit.models import sample_text
-from shared.protocol import Chunking, ErrorKind, ScoreOptions, Task
+from shared.protocol import ErrorKind, ScoreOptions, Task
 from shared.settings import Settings
 from worker.jobs import score_job
 from worker.scorer import CrossEncoderScorer
@@ -23,14 +23,6 @@ def test_tasks_come_back_concatenated_in_task_order():
     scores, failures = score_job(stub, tasks)
     expected = [stub_score(t.query, s) for t in tasks for s in t.sentences]
     assert failures == [] and scores.tolist() == expected
-
-
-def test_an_option_the_worker_cannot_honour_fails_only_its_task():
-    stub = StubScorer(Settings(backend="stub"))
-    tasks = [Task("q", ["q a"]), Task("q", ["q b", "c"], ScoreOptions(chunk=Chunking())), Task("q", ["d"])]
-    scores, failures = score_job(stub, tasks)
-    assert [(i, kind) for i, kind, _ in failures] == [(1, ErrorKind.UNSUPPORTED)]
-    assert scores[0] == 1.0 and np.isnan(scores[1:3]).all() and scores[3] == 0.0
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,10 @@ from devkit.procs import clean_env
 
 pytestmark = pytest.mark.model
 
+# Two workers importing torch and loading a model at once took 29 s on a 2-core machine with a third
+# process busy; a worker that dies instead fails the wait at once, with the logs (Service.wait_ready).
+LOAD_TIMEOUT = 300
+
 
 def pairs_for(seed: int, n: int):
     rng = random.Random(seed)
@@ -28,7 +32,8 @@ def test_service_scores_equal_predict(service_factory, tiny_model):
     from sentence_transformers import CrossEncoder
 
     svc = service_factory(RERANKER_MAX_BATCH_PAIRS="16").start(
-        workers=2, RERANKER_BACKEND="torch", RERANKER_MODEL=str(tiny_model), NUM_THREADS="1")
+        workers=2, ready_timeout=LOAD_TIMEOUT, RERANKER_BACKEND="torch", RERANKER_MODEL=str(tiny_model),
+        NUM_THREADS="1")
     reference = CrossEncoder(str(tiny_model), device="cpu")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the workers: fp32 sums depend on the thread count
@@ -50,24 +55,6 @@ def test_service_scores_equal_predict(service_factory, tiny_model):
         torch.set_num_threads(threads)
     pool = svc.ready()["pool"]
     assert all(w["jobs"] > 0 for w in pool), pool
-
-
-def run_worker(tmp_path, **env):
-    return subprocess.run([sys.executable, "-m", "worker"], cwd=tmp_path, env=clean_env(**env),
-                          capture_output=True, text=True, timeout=120)
-
-
-def test_unloadable_model_exits_with_advice(tmp_path):
-    missing = tmp_path / "no-such-model"
-    proc = run_worker(tmp_path, RERANKER_MODEL=str(missing), HF_HUB_OFFLINE="1")
-    assert proc.returncode == 3
-    assert str(missing) in proc.stderr and "RERANKER_MODEL" in proc.stderr
-
-
-def test_hub_name_unreachable_exits_with_advice(tmp_path):
-    proc = run_worker(tmp_path, RERANKER_MODEL="someone/not-a-model", HF_HUB_OFFLINE="1")
-    assert proc.returncode == 3
-    assert "someone/not-a-model" in proc.stderr and "local directory" in proc.stderr
 
 
 @pytest.mark.parametrize("program", ["worker", "gateway"])

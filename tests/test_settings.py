@@ -18,7 +18,7 @@ from shared.settings import (
 def test_defaults():
     s = Settings.load({}, dotenv=None)
     assert (s.host, s.port, s.model, s.backend, s.precision) == ("0.0.0.0", 8300, DEFAULT_MODEL, "torch", "fp32")
-    assert s.workers_bind == "tcp://0.0.0.0:5555" and s.broker_url == "tcp://127.0.0.1:5555"
+    assert s.workers_bind == "tcp://127.0.0.1:5555" and s.broker_url == "tcp://127.0.0.1:5555"
     assert s.num_threads >= 1
     assert s.frontend_url.endswith("reranker-8300.ipc")
     assert s.export_dir is None and s.max_length is None and s.cors_origins == ("*",)

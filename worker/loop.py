@@ -24,6 +24,7 @@ import traceback
 
 import zmq
 
+from shared import curve
 from shared import protocol as p
 from shared.ratelimit import RateLimitedLog
 from shared.settings import Settings
@@ -125,6 +126,7 @@ class WorkerLoop:
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_bytes)
+        curve.secure_worker_socket(self.socket, self.settings)  # CURVE when configured (shared/curve.py)
         self.socket.connect(self.settings.broker_url)
         self._send(p.encode(p.READY, p.encode_json(self.info)))
         log.info("worker %d: READY sent to %s", os.getpid(), self.settings.broker_url)
@@ -168,6 +170,8 @@ class WorkerLoop:
             self._send(p.encode(p.ERROR, job_id, p.encode_kind(p.ErrorKind.BAD_REQUEST), str(exc).encode()))
             return
         self.busy_job = job_id
+        log.debug("job %s: %d pairs", job_id.decode("ascii", "replace"), sum(len(t.sentences) for t in tasks),
+                  extra={"request_id": ",".join(t.trace for t in tasks if t.trace)})
         self._jobs.put((job_id, tasks, len(body) >= BIG_JOB_BYTES))
 
     def _score_forever(self) -> None:
