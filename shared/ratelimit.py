@@ -8,6 +8,7 @@ seconds; the rest of that window are counted and reported in one line when it en
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -29,6 +30,7 @@ class RateLimitedLog:
         self.burst = burst
         self.clock = clock
         self._windows: dict[str, _Window] = {}
+        self._lock = threading.Lock()  # for loggers shared by threads (the loops themselves are one thread each)
 
     def warning(self, msg: str, *args) -> None:
         self.log(logging.WARNING, msg, *args)
@@ -38,23 +40,27 @@ class RateLimitedLog:
 
     def log(self, level: int, msg: str, *args) -> None:
         now = self.clock()
-        window = self._windows.get(msg)
-        if window is None or now >= window.ends:
-            if window is not None:
-                self._report(msg, window)
-            window = self._windows[msg] = _Window(level, now + self.window)
-        if window.logged < self.burst:
-            window.logged += 1
+        with self._lock:
+            window = self._windows.get(msg)
+            ended = window if window is not None and now >= window.ends else None
+            if window is None or ended is not None:
+                window = self._windows[msg] = _Window(level, now + self.window)
+            logged = window.logged < self.burst
+            window.logged += logged
+            window.suppressed += not logged
+        if ended is not None:
+            self._report(msg, ended)
+        if logged:
             self.logger.log(level, msg, *args)
-        else:
-            window.suppressed += 1
 
     def flush(self) -> None:
         """Report the windows that have ended; call now and then (each heartbeat), so that a count
         is not held back until the next message of its kind."""
         now = self.clock()
-        for msg in [m for m, w in self._windows.items() if now >= w.ends]:
-            self._report(msg, self._windows.pop(msg))
+        with self._lock:
+            ended = [(m, self._windows.pop(m)) for m, w in list(self._windows.items()) if now >= w.ends]
+        for msg, window in ended:
+            self._report(msg, window)
 
     def _report(self, msg: str, window: _Window) -> None:
         if window.suppressed:
