@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from typing import Callable
 
 import orjson
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
@@ -32,6 +32,7 @@ from . import docs_ui, errors
 from .asgi import Answer, BodyLimit, BodyTimeout, JsonOnly, to_response
 from .auth import OPEN, ApiKeys, RequireKey
 from .client import BrokerClient
+from .disconnect import HUNG_UP, unless_disconnected
 from .errors import ServiceError
 from .fastpath import RerankFastPath
 from .handler import RerankHandler
@@ -122,8 +123,9 @@ def create_app(settings: Settings, client: BrokerClient, handler: RerankHandler,
               summary="Score sentences against a query, best first",
               description="The service's own API. A body in TEI's shape (`texts` instead of `sentences`) is "
                           "answered as POST /tei/rerank.")
-    async def rerank(body: RerankRequest) -> Response:
-        return to_response(await handler.answer(body))
+    async def rerank(body: RerankRequest, request: Request) -> Response:
+        made = await unless_disconnected(request.receive, handler.answer(body))
+        return HUNG_UP if made is None else to_response(made)
 
     app.include_router(cohere.router(handler))
     app.include_router(tei.router(handler))

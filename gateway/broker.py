@@ -14,6 +14,7 @@ rate-limited, so that a peer cannot flood the log.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -24,6 +25,7 @@ import zmq
 
 from shared import curve
 from shared import protocol as p
+from shared.endpoints import ipc_listened
 from shared.logs import setup_logging
 from shared.ratelimit import RateLimitedLog
 from shared.settings import Settings
@@ -72,12 +74,15 @@ class Broker:
         self.running = False
 
     def _router(self, endpoint: str, workers: bool = False) -> zmq.Socket:
+        if endpoint.startswith("ipc://"):
+            path = endpoint[len("ipc://"):]
+            if ipc_listened(path):  # binding would take the endpoint from a live broker
+                raise zmq.ZMQError(errno.EADDRINUSE, f"{endpoint} is in use by another broker")
+            Path(path).unlink(missing_ok=True)  # a stale file from a crashed broker
         sock = self.context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_bytes)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable peers raise instead of vanishing
-        if endpoint.startswith("ipc://"):
-            Path(endpoint[len("ipc://"):]).unlink(missing_ok=True)  # a stale file from a crashed broker
         if workers:  # CURVE and the allow-list of workers, when configured; before bind, which fixes them
             self.gatekeeper = curve.protect_workers_port(sock, self.settings)
         sock.bind(endpoint)

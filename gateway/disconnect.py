@@ -15,9 +15,13 @@ from __future__ import annotations
 import asyncio
 from typing import Awaitable, TypeVar
 
+from starlette.responses import Response
 from starlette.types import Receive
 
 T = TypeVar("T")
+
+# What a route returns for a client that has hung up: nobody reads it (nginx's "client closed request").
+HUNG_UP = Response(status_code=499)
 
 
 async def unless_disconnected(receive: Receive, answer: Awaitable[T]) -> T | None:

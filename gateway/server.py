@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 
+from shared.endpoints import ipc_listened
 from shared.logs import gunicorn_logconfig
 from shared.settings import Settings
 
@@ -132,7 +133,7 @@ def taken_endpoint(settings: Settings) -> str | None:
         return (f"the workers' port {workers.port} ({settings.workers_bind}) is in use (another gateway?): "
                 f"choose another with RERANKER_WORKERS_BIND or --workers-bind, and point the workers' "
                 f"RERANKER_BROKER_URL at it")
-    if settings.frontend_url.startswith("ipc://") and _ipc_taken(settings.frontend_url[len("ipc://"):]):
+    if settings.frontend_url.startswith("ipc://") and ipc_listened(settings.frontend_url[len("ipc://"):]):
         return (f"the broker endpoint {settings.frontend_url} is in use by another gateway: choose another "
                 f"with RERANKER_FRONTEND or --frontend-url")
     return None
@@ -154,13 +155,3 @@ def _tcp_taken(host: str | None, port: int) -> bool:
         except OSError as exc:
             return exc.errno == errno.EADDRINUSE
     return False
-
-
-def _ipc_taken(path: str) -> bool:
-    """Whether a live broker answers on this ipc path; a file left by one that died is not taken."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(path)
-        except OSError:
-            return False
-    return True

@@ -28,6 +28,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
 from .endpoints import is_local
+from .ratelimit import RateLimitedLog
 from .settings import Settings
 
 log = logging.getLogger("reranker.curve")
@@ -87,27 +88,8 @@ def check_keys_or_exit(settings: Settings, side: str) -> None:
         raise SystemExit(2) from None
 
 
-class _Throttle:
-    """Logs a kind of event at once, then at most once every LOG_EVERY seconds, with the count between."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._last: dict[str, float] = {}
-        self._missed: dict[str, int] = {}
-
-    def warn(self, kind: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if now - self._last.get(kind, -LOG_EVERY) < LOG_EVERY:
-                self._missed[kind] = self._missed.get(kind, 0) + 1
-                return
-            self._last[kind] = now
-            missed = self._missed.pop(kind, 0)
-        suffix = f" ({missed} more like it since the last line)" if missed else ""
-        log.warning(message + suffix, *args)
-
-
-_REFUSALS = _Throttle()  # one for the process: a refused peer comes back on new connections and sockets
+# One for the process: a refused peer comes back on new connections and sockets.
+_REFUSALS = RateLimitedLog(log, window=LOG_EVERY, burst=1)
 
 
 class Gatekeeper(ThreadAuthenticator):
@@ -142,11 +124,11 @@ class Gatekeeper(ThreadAuthenticator):
                 self._keys = _allowed_keys(self.directory)
             except CurveError as exc:
                 self._keys = set()  # refuse all rather than trust a list we cannot read
-                _REFUSALS.warn("unreadable", "%s; every worker is refused", exc)
+                _REFUSALS.warning("%s; every worker is refused", exc)
             self._keys_read_at = time.monotonic()
         if key in self._keys:
             return True
-        _REFUSALS.warn("unknown key", "refused a worker from %s: its CURVE public key %s is not in "
+        _REFUSALS.warning("refused a worker from %s: its CURVE public key %s is not in "
                        "RERANKER_CURVE_ALLOWED_KEYS (%s)", self._peer_address, key.decode("ascii"), self.directory)
         return False
 
@@ -171,7 +153,7 @@ def _watch_handshakes(sock: zmq.Socket, describe) -> None:
                     return
                 line = describe(event["event"], event["value"])
                 if line is not None:
-                    _REFUSALS.warn(line, "%s", line)
+                    _REFUSALS.warning(line)
         except zmq.ContextTerminated:
             pass
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 
 def tcp_host(endpoint: str) -> str | None:
@@ -28,3 +29,14 @@ def is_local(endpoint: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def ipc_listened(path: str) -> bool:
+    """Whether something listens on this ipc (unix socket) path; a file left by a process that died
+    is not listened on, and may be removed."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True

@@ -91,8 +91,10 @@ class Service:
                 pass
         self.http.close()
 
-    def logs(self) -> str:
-        return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+    def logs(self, tail: int | None = None) -> str:
+        """Every log of this service, whole (for asserts), or the last `tail` characters of each (for
+        failure messages)."""
+        return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-(tail or 0):]}"
                          for p in sorted(self.tmp.glob(f"*{self.port}.log")))
 
     # -- http ------------------------------------------------------------
@@ -117,7 +119,7 @@ class Service:
             alive = sum(proc.poll() is None for proc in self.workers)
             if alive < workers:
                 raise AssertionError(f"waiting for {workers} workers ready, but only {alive} worker processes "
-                                     f"are running\n{self.logs()}")
+                                     f"are running\n{self.logs(tail=3000)}")
             return self.ready().get("workers") == workers
         self.wait_for(ready, timeout, f"{workers} workers ready")
         return self.ready()
@@ -126,11 +128,11 @@ class Service:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.gateway is not None and self.gateway.poll() is not None:
-                raise AssertionError(f"gateway exited with {self.gateway.returncode}\n{self.logs()}")
+                raise AssertionError(f"gateway exited with {self.gateway.returncode}\n{self.logs(tail=3000)}")
             try:
                 if condition():
                     return
             except (httpx.TransportError, ValueError, KeyError):
                 pass
             time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}\n{self.logs()}")
+        raise AssertionError(f"timed out waiting for {what}\n{self.logs(tail=3000)}")

@@ -127,3 +127,24 @@ def test_the_pong_carries_the_brokers_epoch_and_a_new_broker_has_another(tmp_pat
         finally:
             lab.stop()
     assert len(set(epochs)) == 2 and all(len(e) == 16 for e in epochs)
+
+
+def test_a_second_broker_does_not_take_a_live_brokers_endpoint(tmp_path):
+    """Binding an ipc path removes the file first (a crashed broker leaves one): not while a live
+    broker listens there, or its gateway processes would lose it to the newcomer."""
+    import errno
+
+    import zmq
+
+    from gateway.broker import Broker
+
+    lab = InprocBroker(tmp_path)
+    try:
+        with pytest.raises(zmq.ZMQError) as taken:
+            Broker(lab.settings.model_copy(update={"workers_bind": "tcp://127.0.0.1:0"}), lab.context)
+        assert taken.value.errno == errno.EADDRINUSE
+        caller = lab.caller()  # the first broker still answers on its endpoint
+        caller.sock.send_multipart(p.encode(p.PING))
+        assert caller.sock.poll(5000) and p.decode(caller.sock.recv_multipart()).kind == p.PONG
+    finally:
+        lab.stop()

@@ -40,7 +40,7 @@ SETTINGS_VARS = {o.env for o in options()}
 # Set in the images or fixed in the compose file, not knobs: clients and workers rely on them.
 FIXED = {"HOST": "0.0.0.0", "PORT": "8300", "RERANKER_WORKERS_BIND": "tcp://0.0.0.0:5555",
          "RERANKER_BROKER_URL": "tcp://gateway:5555"}
-INTERNAL = {"RERANKER_FRONTEND", "RERANKER_HEALTH_FILE"}  # per container, defaults are right
+INTERNAL = {"RERANKER_FRONTEND", "RERANKER_HEALTH_FILE", "RERANKER_METRICS_DIR"}  # per container, defaults are right
 NOT_SETTINGS = {"HF_HUB_OFFLINE"}  # passed to the Hugging Face libraries, not to Settings
 
 

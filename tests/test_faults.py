@@ -19,6 +19,7 @@ from collections import Counter
 import httpx
 import numpy as np
 import orjson
+import pytest
 
 from devkit.procs import rss_bytes, spawned
 from worker.stub import stub_score
@@ -163,21 +164,31 @@ def test_a_frozen_worker_is_passed_over_and_its_late_answer_refused(service_fact
     assert again.content == expected_body(query, sentences, ids)
 
 
-def hang_up_after_sending(port: int, body: bytes) -> socket.socket:
+def hang_up_after_sending(port: int, path: bytes, body: bytes, extra: bytes = b"") -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(b"POST /rerank HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n"
-                 b"content-length: %d\r\n\r\n%s" % (len(body), body))
+    sock.sendall(b"POST %s HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n%s"
+                 b"content-length: %d\r\n\r\n%s" % (path, extra, len(body), body))
     return sock
 
 
-def test_clients_that_hang_up_cost_no_more_scoring(service_factory):
+SENTENCES_10 = [f"alpha {i}" for i in range(10)]
+HANG_UP_ROUTES = {
+    "fast path": (b"/rerank", {"query": "alpha beta", "sentences": SENTENCES_10, "ids": list(range(10))}, b""),
+    "FastAPI route": (b"/rerank", {"query": "alpha beta", "sentences": SENTENCES_10, "ids": list(range(10))},
+                      b"origin: http://example.test\r\n"),
+    "Cohere v2": (b"/v2/rerank", {"query": "alpha beta", "documents": SENTENCES_10}, b""),
+    "TEI": (b"/tei/rerank", {"query": "alpha beta", "texts": SENTENCES_10}, b""),
+}
+
+
+@pytest.mark.parametrize("route", list(HANG_UP_ROUTES))
+def test_clients_that_hang_up_cost_no_more_scoring(service_factory, route):
     """50 clients send 10 pairs each to one slow worker (20 ms a pair: 10 s of work in all) and hang
     up. Their queued pieces are dropped and their running job's result discarded: after the hang-up
-    the worker finishes at most the job it holds, and the queue is empty."""
+    the worker finishes at most the job it holds, and the queue is empty. Every way in does so."""
     svc = service_factory(RERANKER_MAX_BATCH_PAIRS="20").start(workers=1, RERANKER_STUB_DELAY_MS="20")
-    body = orjson.dumps({"query": "alpha beta", "sentences": [f"alpha {i}" for i in range(10)],
-                         "ids": list(range(10))})
-    clients = [hang_up_after_sending(svc.port, body) for _ in range(50)]
+    path, body, extra = HANG_UP_ROUTES[route]
+    clients = [hang_up_after_sending(svc.port, path, orjson.dumps(body), extra) for _ in range(50)]
     svc.wait_for(lambda: svc.ready()["running"] == 50, 20, "the 50 requests at the broker")
     before = svc.ready()["pool"][0]["pairs"]
     for sock in clients:
@@ -185,7 +196,7 @@ def test_clients_that_hang_up_cost_no_more_scoring(service_factory):
     svc.wait_for(lambda: svc.ready()["running"] == 0, 20, "the hung-up requests to be cancelled")
     svc.wait_for(lambda: not svc.ready()["pool"][0]["busy"], 20, "the worker to be idle")
     scored_after = svc.ready()["pool"][0]["pairs"] - before
-    print(f"pairs scored after 50 clients hung up: {scored_after} (of {500 - before} left when they did)")
+    print(f"{route}: pairs scored after 50 clients hung up: {scored_after} (of {500 - before} left when they did)")
     assert scored_after <= 2 * 20, scored_after  # the job in hand (and one more, if it was dispatched as they went)
     assert svc.ready()["queued"] == 0
 

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 from typing import Awaitable, Callable
 
+from fastapi import Request
 from fastapi.responses import Response
 
 from ..asgi import Answer, to_response
+from ..disconnect import HUNG_UP, unless_disconnected
 from ..errors import ServiceError, answer, api_body
 
 
-async def api_answer(work: Callable[[], Awaitable[Answer]]) -> Response:
-    """The answer `work` makes, or its ServiceError's in the API routes' dialect."""
+async def api_answer(request: Request, work: Callable[[], Awaitable[Answer]]) -> Response:
+    """The answer `work` makes, or its ServiceError's in the API routes' dialect; the work stops
+    (and its queued pairs are dropped) if the client hangs up first."""
     try:
-        return to_response(await work())
+        made = await unless_disconnected(request.receive, work())
     except ServiceError as exc:
         return to_response(answer(exc, api_body))
+    return HUNG_UP if made is None else to_response(made)

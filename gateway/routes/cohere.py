@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional, Sequence, Union
 
 import numpy as np
 import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
@@ -174,7 +174,7 @@ def router(handler: RerankHandler) -> APIRouter:
 
     @api.post("/v2/rerank", response_model=CohereV2Response, responses=errors.openapi_responses(ERRORS),
               summary="Rank documents against a query (Cohere v2)")
-    async def rerank_v2(body: CohereV2Request) -> Response:
+    async def rerank_v2(body: CohereV2Request, request: Request) -> Response:
         async def work() -> Answer:
             await handler.check_model(body.model)
             options = handler.options(chunk=body.chunk, max_tokens=body.max_tokens_per_doc)
@@ -186,11 +186,11 @@ def router(handler: RerankHandler) -> APIRouter:
                 "meta": {"api_version": {"version": "2"},
                          "billed_units": {"search_units": search_units(len(body.documents))}},
             }), result.headers)
-        return await api_answer(work)
+        return await api_answer(request, work)
 
     @api.post("/v1/rerank", response_model=CohereV1Response, responses=errors.openapi_responses(ERRORS),
               summary="Rank documents against a query (Cohere v1, Jina)")
-    async def rerank_v1(body: CohereV1Request) -> Response:
+    async def rerank_v1(body: CohereV1Request, request: Request) -> Response:
         async def work() -> Answer:
             await handler.check_model(body.model)
             model = served(await handler.pool.recent())
@@ -211,6 +211,6 @@ def router(handler: RerankHandler) -> APIRouter:
                 "usage": {"total_tokens": tokens, "prompt_tokens": tokens},
                 "meta": {"api_version": {"version": "1"}, "billed_units": {"search_units": search_units(len(texts))}},
             }), result.headers)
-        return await api_answer(work)
+        return await api_answer(request, work)
 
     return api

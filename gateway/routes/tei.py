@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Literal, Optional
 
 import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictStr, field_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -66,7 +66,7 @@ def router(handler: RerankHandler) -> APIRouter:
 
     @api.post(PATH, response_model=list[Rank], responses=errors.openapi_responses(ERRORS),
               summary="Rank texts against a query (TEI); also POST /rerank with this body")
-    async def rerank_tei(body: TeiRerankRequest) -> Response:
+    async def rerank_tei(body: TeiRerankRequest, request: Request) -> Response:
         async def work() -> Answer:
             options = handler.options(raw=body.raw_scores, chunk=body.chunk, truncate=body.truncate is not False,
                                       truncation_side=body.truncation_direction)
@@ -78,7 +78,7 @@ def router(handler: RerankHandler) -> APIRouter:
                     rank["text"] = body.texts[i]
                 ranks.append(rank)
             return Answer(200, orjson.dumps(ranks, option=orjson.OPT_SERIALIZE_NUMPY), result.headers)
-        return await api_answer(work)
+        return await api_answer(request, work)
 
     return api
 
