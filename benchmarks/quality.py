@@ -23,6 +23,8 @@ import numpy as np
 
 from devkit.procs import ROOT, clean_env, python
 from worker.ranking import spearman, top_k_overlap
+
+from .systems import EXPORTS
 from .workloads import make_requests
 
 
@@ -71,7 +73,7 @@ def score_in_subprocess(model: Path, env: dict[str, str], data: list[tuple[str, 
     with tempfile.TemporaryDirectory() as tmp:
         inp, out = Path(tmp) / "in.json", Path(tmp) / "out.json"
         inp.write_text(json.dumps(data))
-        full = clean_env(RERANKER_MODEL=str(model), NUM_THREADS=str(threads), **env)
+        full = clean_env(RERANKER_MODEL=str(model), NUM_THREADS=str(threads), RERANKER_EXPORT_DIR=str(EXPORTS), **env)
         proc = subprocess.run([python(), "-m", "benchmarks.quality", "--score", str(inp), str(out)], cwd=ROOT,
                               env=full, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0 or not out.is_file():
