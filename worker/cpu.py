@@ -42,6 +42,12 @@ def bf16_supported(flags: set[str] | None = None) -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
+def vnni_supported(flags: set[str] | None = None) -> bool:
+    """Whether the CPU has VNNI (uint8 x int8 dot products into 32 bits, no 16-bit saturation)."""
+    flags = cpu_flags() if flags is None else flags
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
+
+
 def cpu_class(flags: set[str] | None = None) -> str:
     """The CPU's class for choosing a mode: amx, avx512-bf16, avx512-vnni, avx512, avx2 or baseline."""
     flags = cpu_flags() if flags is None else flags

@@ -64,10 +64,13 @@ RANKING: dict[str, tuple[Mode, ...]] = {
     "baseline": (("onnx", "int8"), ("openvino", "int8")),
 }
 DRIFT_RULED_OUT: frozenset[Mode] = frozenset({("torch", "int8")})  # per-tensor dynamic int8: order drifts most
-DRIFT_BUDGET = {"spearman": 0.99, "top10_overlap": 0.9}  # against the exact reference, on the probe
+# Against the exact reference, on the probe: one query, so a guard against a mode that breaks the ranking
+# (a single query of a mode whose mean Spearman is 0.996 can score 0.98), not a measure of 1% drift:
+# `python -m benchmarks quality` measures that on real data.
+DRIFT_BUDGET = {"spearman": 0.97, "top10_overlap": 0.8}
 SHORTLIST = 2  # modes measured (for fast: plus the exact reference)
 ROUNDS = 2  # timed probes per mode, after one untimed
-VERSION = 2  # of these rules and of the probe: a change invalidates cached choices
+VERSION = 3  # of these rules and of the probe: a change invalidates cached choices
 CHOICES = "choices.json"
 
 _QUERY = "how does a search engine decide which passages answer a question best"

@@ -1,8 +1,10 @@
 """RERANKER_BACKEND=onnx: ONNX Runtime on CPU, fp32 (exact) or int8, with intra-op threads = NUM_THREADS.
 
 - fp32: the exported graph (worker/backends/export.py).
-- int8: the graph dynamically quantized (int8 weights, uint8 activations quantized per batch) in the
-  MatMuls of the Linear layers.
+- int8: the graph dynamically quantized (int8 weights per output channel, uint8 activations quantized
+  per batch) in the MatMuls of the Linear layers. Without VNNI, ONNX Runtime multiplies uint8 by int8
+  with an instruction (VPMADDUBSW) whose 16-bit sums can saturate; there the weights keep 7 bits
+  (reduce_range), as ONNX Runtime advises, at the same speed (docs/precision.md).
 
 ONNX Runtime rewrites a graph when it opens it (constant folding, which also computes DeBERTa's
 relative-position projections once, operator fusions, kernel layouts for this CPU), which takes
@@ -18,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..cpu import isa_tag
+from ..cpu import isa_tag, vnni_supported
 from .export import Export, Exported, load_exported
 
 if TYPE_CHECKING:
     from shared.settings import Settings
 
-FILES = {"fp32": "onnx/model.onnx", "int8": "onnx/model_qint8_avx512_vnni.onnx"}
+FILES = {"fp32": "onnx/model.onnx", "int8": "onnx/model_qint8_per_channel.onnx",
+         "int8-reduced": "onnx/model_qint8_per_channel_7bit.onnx"}
 OPSET = 17
 
 
@@ -35,7 +38,9 @@ class OnnxModel(Exported):
         export = Export(model, root)
         source = export.artifact(FILES["fp32"], lambda tmp: export_onnx(export, tmp))
         if precision == "int8":
-            source = export.artifact(FILES["int8"], lambda tmp: quantize_onnx(export.root / FILES["fp32"], tmp))
+            reduced = not vnni_supported()
+            source = export.artifact(FILES["int8-reduced" if reduced else "int8"],
+                                     lambda tmp: quantize_onnx(export.root / FILES["fp32"], tmp, reduced))
         export.release_source()
         super().__init__(export, max_length)
         self.path = source
@@ -97,16 +102,16 @@ def export_onnx(export: Export, tmp: Path) -> None:
                           do_constant_folding=True)
 
 
-def quantize_onnx(source: Path, tmp: Path) -> None:
+def quantize_onnx(source: Path, tmp: Path, reduce_range: bool) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    # int8 weights (signed), uint8 activations quantized on the fly: what optimum's avx512_vnni
-    # dynamic config does, for the MatMuls of the Linear layers. (Measured on AVX2 without VNNI, see
-    # docs/precision.md: static QDQ/QOperator with calibration, per-channel weights, reduce_range and
-    # uint8 weights were no faster, and the static forms drifted more.)
+    # int8 weights (signed, per output channel), uint8 activations quantized on the fly, for the MatMuls
+    # of the Linear layers. Measured on AVX2 without VNNI (docs/precision.md): static QDQ/QOperator with
+    # calibration and uint8 weights were no faster, and the static forms drifted more.
     logging.disable(logging.WARNING)  # the quantizer logs a line per tensor, and advice, on the root logger
     try:
-        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=False, reduce_range=False,
-                         op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True})
+        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                         reduce_range=reduce_range, op_types_to_quantize=["MatMul"],
+                         extra_options={"MatMulConstBOnly": True})
     finally:
         logging.disable(logging.NOTSET)
