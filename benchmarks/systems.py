@@ -156,6 +156,8 @@ def start(spec: SystemSpec, model: Path, threads: int, logs: Path, workers: int 
         n = int(env.pop("WORKERS", workers))
         worker_threads = env.pop("NUM_THREADS", str(threads))
         wport = free_port()
+        while wport == port:  # both were free a moment ago; the same one twice would put workers on HTTP
+            wport = free_port()
         base = clean_env(
             HOST="127.0.0.1", PORT=str(port),
             RERANKER_WORKERS_BIND=f"tcp://127.0.0.1:{wport}", RERANKER_BROKER_URL=f"tcp://127.0.0.1:{wport}",
