@@ -258,8 +258,8 @@ def choose_scorer(settings: Settings, build: Callable[[Settings], Any], flags: s
         raise ScorerError(next(iter(why_not.values()), f"no mode fits {request_name(settings)}"))
     concrete = lambda mode: settings.model_copy(update={"backend": mode[0], "precision": mode[1]})  # noqa: E731
     if len(candidates) == 1:
-        choice = Choice(candidates[0], "rule", f"{name(candidates[0])}: the only mode for "
-                        f"{request_name(settings)} that this install can run here")
+        choice = Choice(candidates[0], "rule", f"the only mode for {request_name(settings)} that this install "
+                        "can run here")
         return _settle(settings, choice, build(concrete(candidates[0])))
     if cache is None:
         from .backends.export import export_root
