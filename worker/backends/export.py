@@ -7,14 +7,18 @@ The cache for one model is a directory (`export_root`):
                        and its call settings for worker/tokenizing.py
     onnx/...           the ONNX graphs and, per CPU and ONNX Runtime version, their optimized forms
     openvino/...       the OpenVINO IRs and, per CPU, OpenVINO's compiled-model cache
+    torch/...          the model traced (TorchScript) in each precision
     choices.json       the modes chosen for RERANKER_PRECISION=exact/fast on each CPU (worker/selection.py)
 
 Each file is made on first need (11-16 s for mxbai-base) under a file lock, so that workers starting
 together export once, and written under a temporary name then renamed, so that a killed export leaves
 nothing half-written. When the source model changes (local directory: file sizes and times) the cache is
-rebuilt. Once everything a mode needs is there, loading it imports neither torch nor transformers. sentence-transformers' own ONNX/OpenVINO backends need optimum-onnx (transformers < 4.58) or
+rebuilt. Once everything a mode needs is there, loading it imports neither sentence-transformers nor
+transformers (nor torch, but for the torch backend).
+
+sentence-transformers' own ONNX/OpenVINO backends need optimum-onnx (transformers < 4.58) or
 optimum-intel (transformers < 5.6), which cannot coexist with sentence-transformers 6.x / transformers
-5.2x, so the export is done here with torch.onnx / openvino.convert_model directly.
+5.2x, so the export is done here with torch.onnx / openvino.convert_model / torch.jit.trace directly.
 """
 
 from __future__ import annotations
