@@ -1,5 +1,7 @@
 """The benchmark suite: one command, on a fresh machine (`reranker bench ...` runs the same).
 
+    bash benchmarks/setup.sh                            # fresh clone: .venv, extras, model, peers, warm-up
+    .venv/bin/python -m benchmarks setup                # the same for an existing .venv
     .venv/bin/python -m benchmarks run --quick          # W30 at c1/c8, all systems, ~10 min
     .venv/bin/python -m benchmarks run --full           # W5/W30 at c1/4/8/32 and W240, ~40 min
     .venv/bin/python -m benchmarks run --quick --service bf16:RERANKER_PRECISION=bf16
@@ -8,7 +10,6 @@
     .venv/bin/python -m benchmarks quality --mode bf16:RERANKER_PRECISION=bf16 [--data q.jsonl]
     .venv/bin/python -m benchmarks peaks                # GEMM peaks only
     .venv/bin/python -m benchmarks soak --minutes 5     # stub service under steady load: errors, memory growth
-    bash benchmarks/peers/setup.sh                      # peer venvs (infinity-emb, LitServe)
 
 Everything is written under benchmarks/results/<time>/ (results.json, results.md, latency.png,
 logs/), and benchmarks/results/latest points there. The model is built on first use under
@@ -25,6 +26,7 @@ import argparse
 import sys
 
 from .soak import cmd_soak
+from .setup import cmd_setup
 from .suite import DEFAULT_SYSTEMS, cmd_gateway, cmd_peaks, cmd_quality, cmd_run, cmd_scaling
 
 
@@ -32,6 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
+
+    st = sub.add_parser("setup", help="install what the suite needs and warm the service up (benchmarks/setup.py)")
+    st.add_argument("--no-install", action="store_true", help="skip pip (the extras are installed)")
+    st.add_argument("--no-peers", action="store_true", help="skip the peers' venvs (they are then skipped in runs)")
+    st.add_argument("--no-warm", action="store_true", help="skip the service warm-up (exports, mode choice)")
+    st.add_argument("--install-wrk", action="store_true", help="apt-get install wrk if it is missing (root)")
+    st.add_argument("--arch", default="mxbai-base", choices=["mxbai-base", "tiny"])
+    st.add_argument("--threads", type=int, default=2, help="worker threads the suite will run (default 2)")
+    st.set_defaults(fn=cmd_setup)
 
     run = sub.add_parser("run", help="the whole suite")
     size = run.add_mutually_exclusive_group()

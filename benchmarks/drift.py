@@ -3,7 +3,8 @@
     python -m benchmarks.drift --build mxbai-base        # all modes this install can run
     python -m benchmarks.drift --model DIR --modes torch:fp32,torch:bf16 --threads 2 --rounds 7
 
-Modes are `backend:precision[:batch_size[:batch_tokens]]`, plus `predict`: plain
+Modes are `backend:precision[:batch_size[:batch_tokens]]` (`auto:fast`, `auto:exact`: what a worker
+would choose, worker/selection.py), plus `predict`: plain
 `CrossEncoder.predict(batch_size=32)` in fp32, the reference for both drift and speed. All modes are
 loaded first, then timed in rounds: each round is a new request (W30 by default, as in benchmarks/)
 that every mode scores in turn, so that load from other processes hits them alike. The speed ratio is
@@ -86,7 +87,7 @@ class Predict:
 def load_mode(spec: str, model: str, threads: int, export_dir: str | None):
     from shared.settings import Settings
     from worker.runtime import ScorerError
-    from worker.scorer import CrossEncoderScorer
+    from worker.scorer import load_scorer
 
     if spec == "predict":
         return Predict(model, threads)
@@ -96,7 +97,7 @@ def load_mode(spec: str, model: str, threads: int, export_dir: str | None):
     settings = Settings(model=model, backend=backend, precision=precision, num_threads=threads,
                         batch_size=batch_size, batch_tokens=batch_tokens, export_dir=export_dir)
     try:
-        return CrossEncoderScorer(settings)
+        return load_scorer(settings)  # auto/exact/fast: the mode the worker would choose
     except ScorerError as exc:
         print(f"skip {spec}: {exc}", file=sys.stderr)
         return None

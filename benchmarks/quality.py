@@ -22,7 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from devkit.procs import ROOT, clean_env, python
+from worker.ranking import spearman, top_k_overlap
+
+from .systems import EXPORTS
 from .workloads import make_requests
+
+
+REFERENCE = {"RERANKER_BACKEND": "torch", "RERANKER_PRECISION": "fp32"}  # predict's own computation
 
 
 def load_jsonl(path: Path) -> list[tuple[str, list[str]]]:
@@ -48,40 +54,6 @@ def parse_mode(text: str) -> tuple[str, dict[str, str]]:
     return name, {k.strip(): v.strip() for k, v in env.items()}
 
 
-def _rank(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x), dtype=np.float64)
-    ranks[order] = np.arange(len(x), dtype=np.float64)
-    # average ranks of ties
-    xs = x[order]
-    i = 0
-    while i < len(xs):
-        j = i
-        while j + 1 < len(xs) and xs[j + 1] == xs[i]:
-            j += 1
-        if j > i:
-            ranks[order[i:j + 1]] = (i + j) / 2.0
-        i = j + 1
-    return ranks
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    if len(a) < 2:
-        return 1.0
-    ra, rb = _rank(np.asarray(a, dtype=np.float64)), _rank(np.asarray(b, dtype=np.float64))
-    ra -= ra.mean()
-    rb -= rb.mean()
-    denom = np.sqrt((ra * ra).sum() * (rb * rb).sum())
-    return float((ra * rb).sum() / denom) if denom > 0 else 1.0
-
-
-def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
-    k = min(k, len(a))
-    ta = set(np.argsort(-np.asarray(a), kind="stable")[:k].tolist())
-    tb = set(np.argsort(-np.asarray(b), kind="stable")[:k].tolist())
-    return len(ta & tb) / k
-
-
 def compare(ref: list[np.ndarray], other: list[np.ndarray]) -> dict:
     deltas = [np.abs(np.asarray(r, np.float64) - np.asarray(o, np.float64)) for r, o in zip(ref, other)]
     rho = [spearman(r, o) for r, o in zip(ref, other)]
@@ -101,7 +73,7 @@ def score_in_subprocess(model: Path, env: dict[str, str], data: list[tuple[str, 
     with tempfile.TemporaryDirectory() as tmp:
         inp, out = Path(tmp) / "in.json", Path(tmp) / "out.json"
         inp.write_text(json.dumps(data))
-        full = clean_env(RERANKER_MODEL=str(model), NUM_THREADS=str(threads), **env)
+        full = clean_env(RERANKER_MODEL=str(model), NUM_THREADS=str(threads), RERANKER_EXPORT_DIR=str(EXPORTS), **env)
         proc = subprocess.run([python(), "-m", "benchmarks.quality", "--score", str(inp), str(out)], cwd=ROOT,
                               env=full, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0 or not out.is_file():
@@ -131,14 +103,14 @@ def _score_main(inp: Path, out: Path) -> None:
 def run(model: Path, modes: list[str], data_path: Path | None, threads: int, n_builtin: int = 12) -> dict:
     data = load_jsonl(data_path) if data_path else builtin(n_builtin)
     source = str(data_path) if data_path else f"built-in: {len(data)} seeded W30 queries"
-    ref = score_in_subprocess(model, {}, data, threads)
+    ref = score_in_subprocess(model, REFERENCE, data, threads)
     result = {"data": source, "queries": len(data), "pairs": sum(len(c) for _, c in data), "reference": "fp32",
               "modes": []}
     if "error" in ref:
         result["error"] = f"fp32 reference failed: {ref['error']}"
         return result
     ref_scores = [np.asarray(s) for s in ref["scores"]]
-    result["modes"].append({"mode": "fp32", "env": {}, "score_s": round(ref["score_s"], 3), "speedup": 1.0,
+    result["modes"].append({"mode": "fp32", "env": REFERENCE, "score_s": round(ref["score_s"], 3), "speedup": 1.0,
                             **compare(ref_scores, ref_scores)})
     for text in modes:
         name, env = parse_mode(text)

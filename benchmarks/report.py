@@ -45,6 +45,22 @@ def comparison_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def systems_table(res: dict) -> str:
+    """The service systems: the mode each one's workers run (chosen on this machine where asked) and
+    their cold start, `python -m worker` to READY with warm caches."""
+    rows = [s for s in res.get("systems", []) if s.get("kind") == "service" and not s.get("skipped")]
+    if not rows:
+        return ""
+    lines = ["| system | settings | mode run | how chosen | worker start to READY (s) |", "|---|---|---|---|---|"]
+    for s in rows:
+        mode = s.get("mode") or {}
+        env = ", ".join(f"{k}={v}" for k, v in (s.get("env") or {}).items()) or "defaults"
+        starts = ", ".join(f"{t:.2f}" for t in s.get("cold_start_s", [])) or s.get("cold_start_error", "–")[:80]
+        lines.append(f"| {s['system']} | {env} | {mode.get('backend', '?')} {mode.get('precision', '')} | "
+                     f"{mode.get('why', s.get('error', '–'))[:160]} | {starts} |")
+    return "\n".join(lines)
+
+
 def gateway_table(g: dict) -> str:
     if not g or g.get("skipped"):
         return f"Gateway overhead: {g.get('skipped', 'not run') if g else 'not run'}"
@@ -93,7 +109,8 @@ def markdown(res: dict) -> str:
 
     m = res["meta"]
     out = [f"# Benchmark results ({m['preset']}, {m['date']})", "",
-           f"Machine: {m['cpu']}, {m['cores']} cores; torch {m.get('torch')}; commit {m['commit']}; "
+           f"Machine: {m['cpu']}, {m['cores']} cores, CPU class {m.get('cpu_class', '?')} "
+           f"(instruction sets: {' '.join(m.get('cpu_flags') or []) or 'none of note'}); torch {m.get('torch')}; commit {m['commit']}; "
            f"load average {m['loadavg_before']:.2f} before, {m.get('loadavg_after', 0):.2f} after; "
            f"CPU {m.get('busy_before', 0):.0%} busy in the 5 s before the start "
            f"({'quiet' if m.get('busy_before', 1) < 0.1 else 'NOT quiet: other work was running'}).", "",
@@ -109,7 +126,7 @@ def markdown(res: dict) -> str:
             out.append(f"| {name} | {w['pairs']} | {w['words']:.0f} | {w['text_tokens']:.0f} | {w['tokens_per_word']:.2f} | "
                        f"{w['pair_tokens']:.0f} | {w['padded_tokens']:.0f} | {w['gflop_per_request']:.1f} |")
         out.append("")
-    out += [comparison_table(res), "", "CPU cores: cores busy on average in the system's own processes "
+    out += [systems_table(res), "", comparison_table(res), "", "CPU cores: cores busy on average in the system's own processes "
             "(service: gateway+broker + workers); RSS: peak, same split. GFLOP/s: useful model FLOPs "
             "(no padding) per second; % peak: of the GEMM peak for the system's precision.", ""]
     if "gateway_overhead" in res:

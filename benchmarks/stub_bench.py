@@ -34,6 +34,8 @@ class StubService:
         logs.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         wport = free_port()
+        while wport == self.port:  # the same free port twice would put workers on HTTP
+            wport = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = clean_env(
             HOST="127.0.0.1", PORT=str(self.port), WEB_CONCURRENCY=str(web_concurrency),

@@ -23,21 +23,24 @@ from .workloads import WORKLOADS, make_requests, token_stats
 
 MODELS = ROOT / "benchmarks" / ".models"
 RESULTS = ROOT / "benchmarks" / "results"
-DEFAULT_SYSTEMS = ["inprocess", "original", "service", "infinity-torch", "infinity-onnx", "litserve"]
+# The service twice: as installed (RERANKER_PRECISION=exact) and in the fastest mode it picks on this machine.
+DEFAULT_SYSTEMS = ["inprocess", "original", "service", "service-fast:RERANKER_PRECISION=fast", "infinity-torch",
+                   "infinity-onnx", "litserve"]
 
 # Per preset: workloads with their concurrencies, requests per point (n = max(base, mult * c)), and the
 # sizes of the stub benchmarks.
 PRESETS = {
     "smoke": dict(arch="tiny", workloads={"W5": [1, 2]}, base=2, mult=1, max_point_s=60, inproc_n=2,
                   peaks_s=0.1, peaks_n=512, gateway_s=1, gateway_wc=[1], scaling=[1, 2], scaling_s=0.5,
-                  scaling_delay=2.0, w240_repeats=1, quality_queries=2, systems=["inprocess", "original", "service"]),
+                  scaling_delay=2.0, w240_repeats=1, quality_queries=2, cold_starts=1,
+                  systems=["inprocess", "original", "service"]),
     "quick": dict(arch="mxbai-base", workloads={"W30": [1, 8]}, base=3, mult=1.5, max_point_s=240, inproc_n=3,
                   peaks_s=2.0, peaks_n=2048, gateway_s=8, gateway_wc=[1, 2], scaling=[1, 2, 4, 8], scaling_s=4.0,
-                  scaling_delay=10.0, w240_repeats=2, quality_queries=8, systems=DEFAULT_SYSTEMS),
+                  scaling_delay=10.0, w240_repeats=2, quality_queries=8, cold_starts=3, systems=DEFAULT_SYSTEMS),
     "full": dict(arch="mxbai-base", workloads={"W5": [1, 4, 8, 32], "W30": [1, 4, 8, 32], "W240": [1, 4]},
                  base=4, mult=2, max_point_s=300, inproc_n=4, peaks_s=3.0, peaks_n=2048, gateway_s=15,
                  gateway_wc=[1, 2], scaling=list(range(1, 9)), scaling_s=8.0, scaling_delay=10.0, w240_repeats=3,
-                 quality_queries=24, systems=DEFAULT_SYSTEMS),
+                 quality_queries=24, cold_starts=3, systems=DEFAULT_SYSTEMS),
 }
 
 
@@ -58,21 +61,25 @@ def git_commit() -> str:
         return "unknown"
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def cpu_flags() -> list[str]:
-    """The flags that decide which precisions run fast here."""
+    """The flags that decide which kernels, so which modes, run fast here."""
+    from worker.cpu import ISA_FLAGS
     from worker.cpu import cpu_flags as all_flags
 
-    return sorted(all_flags() & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "avx_vnni"})
+    flags = all_flags()
+    return [f for f in ISA_FLAGS if f in flags]
+
+
+def cpu_class() -> str:
+    from worker.cpu import cpu_class as of_flags
+
+    return of_flags()
+
+
+def cpu_model() -> str:
+    from worker.cpu import cpu_model as named
+
+    return named() if named() != "unknown" else platform.processor() or "unknown"
 
 
 def ensure_model(arch: str, path: str | None) -> Path:
@@ -133,7 +140,26 @@ def start_system(spec: systems.SystemSpec, args, model: Path, logs: Path) -> tup
         return {**sysrow, "error": f"failed to start: {str(exc)[:1500]}"}, None
     sysrow["start_s"] = round(time.monotonic() - t0, 1)
     sysrow["info"] = handle.info
+    if spec.kind == "service":
+        sysrow["mode"] = handle.chosen_mode()
+        if sysrow["mode"]:
+            say(f"{spec.name}: {sysrow['mode']['backend']} {sysrow['mode']['precision']} ({sysrow['mode']['why']})")
     return sysrow, handle
+
+
+def measure_cold_starts(handle, sysrow: dict, runs: int) -> None:
+    """`python -m worker` to READY, `runs` times, with the caches the system's first start filled."""
+    if handle.spec.kind != "service" or runs < 1:
+        return
+    times = []
+    try:
+        for _ in range(runs):
+            times.append(round(handle.cold_start(), 2))
+    except Exception as exc:  # noqa: BLE001 - reported, not fatal
+        sysrow["cold_start_error"] = str(exc)[:1500]
+    if times:
+        sysrow["cold_start_s"] = times
+        say(f"{handle.spec.name}: worker start to READY {', '.join(f'{t:.2f}' for t in times)} s")
 
 
 def _merge_monitors(parts: list[dict]) -> dict:
@@ -226,6 +252,8 @@ def bench_systems(specs: list[systems.SystemSpec], args, preset: dict, model: Pa
                 if h is not None:
                     handles.append(h)
             rows = measure(handles, args, preset, winfo, peaks, interleave=True)
+            for h, sysrow in zip(handles, [r for r in sysrows if "info" in r]):
+                measure_cold_starts(h, sysrow, preset["cold_starts"])
         finally:
             for h in handles:
                 h.stop()
@@ -236,6 +264,7 @@ def bench_systems(specs: list[systems.SystemSpec], args, preset: dict, model: Pa
         if h is not None:
             try:
                 rows += measure([h], args, preset, winfo, peaks, interleave=False)
+                measure_cold_starts(h, sysrow, preset["cold_starts"])
             finally:
                 h.stop()
     return sysrows, rows
@@ -243,11 +272,15 @@ def bench_systems(specs: list[systems.SystemSpec], args, preset: dict, model: Pa
 
 def add_peak_fractions(res: dict, specs: list[systems.SystemSpec]) -> None:
     by_name = {s.name: s for s in specs}
+    modes = {s["system"]: s["mode"] for s in res.get("systems", []) if s.get("mode")}
     for row in res["results"]:
         spec = by_name.get(row.get("system"))
         if spec is None or not row.get("gflops"):
             continue
-        key, peak = flops.peak_for(spec.precision_env(), res.get("peaks") or {})
+        env = spec.precision_env()
+        if row["system"] in modes:  # the precision the workers chose (exact/fast name a choice, not a precision)
+            env = {**env, "RERANKER_PRECISION": modes[row["system"]]["precision"]}
+        key, peak = flops.peak_for(env, res.get("peaks") or {})
         if peak:
             row["peak_fraction"] = round(row["gflops"] / peak, 3)
             row["peak_key"] = key
@@ -287,7 +320,7 @@ def cmd_run(args) -> int:
         torch_version = None
     res: dict = {
         "meta": {"preset": preset_name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit(),
-                 "cpu": cpu_name(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "python": platform.python_version(),
+                 "cpu": cpu_model(), "cpu_class": cpu_class(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "python": platform.python_version(),
                  "torch": torch_version, "threads": args.threads, "workers": args.workers, "seed": args.seed,
                  "loadavg_before": loadavg(), "busy_before": round(busy_share(), 3), "argv": sys.argv[1:],
                  "note": "Compare ratios within one run; take final numbers on a quiet machine."},

@@ -15,15 +15,20 @@ variables go to the workers (and the gateway); WORKERS=n sets how many workers s
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import httpx
 
 from devkit.procs import ROOT, Server, clean_env, free_port, python, wait_for
 
 VENVS = ROOT / "benchmarks" / ".venvs"
+EXPORTS = ROOT / "benchmarks" / ".exports"
+"""The service's export cache (RERANKER_EXPORT_DIR) in every run: warm after the first (or after setup)."""
 PEERS = {"infinity-torch": "infinity", "infinity-onnx": "infinity", "litserve": "litserve"}
 KINDS = ("inprocess", "original", "service", *PEERS)
 
@@ -73,14 +78,53 @@ class SystemSpec:
         return self.env
 
 
+# What a worker logs once it has its scorer (worker/selection.py): the settings, then the mode chosen.
+CHOICE_LINE = re.compile(r"RERANKER_BACKEND=(\S+) RERANKER_PRECISION=(\S+): (\S+) (\S+) \((.*)\)$", re.M)
+
+
 class Running:
     """A started system: its URL, API dialect, and process groups for the monitor."""
 
-    def __init__(self, spec: SystemSpec, url: str, api: str, servers: dict[str, list[Server]], info: dict) -> None:
+    def __init__(self, spec: SystemSpec, url: str, api: str, servers: dict[str, list[Server]], info: dict,
+                 restart: Callable[[int], Server] | None = None) -> None:
         self.spec, self.url, self.api, self.servers, self.info = spec, url, api, servers, info
+        self._restart = restart
 
     def groups(self) -> dict[str, list[int]]:
         return {name: [s.pid for s in servers] for name, servers in self.servers.items()}
+
+    def chosen_mode(self) -> dict | None:
+        """The mode the service's first worker runs and how it was chosen, from its log."""
+        workers = self.servers.get("worker") or []
+        found = CHOICE_LINE.findall(workers[0].tail(200_000)) if workers else []
+        if not found:
+            return None
+        backend, precision, mode_backend, mode_precision, why = found[-1]
+        return {"requested": f"{backend}/{precision}", "backend": mode_backend, "precision": mode_precision,
+                "why": why}
+
+    def cold_start(self, timeout: float = 300) -> float:
+        """Seconds from `python -m worker` to its READY (seen in /ready), with the caches this system's
+        first start filled: one worker is stopped and started again."""
+        workers = self.servers["worker"]
+        n = len(workers)
+        old = workers.pop()
+        old.stop()
+        wait_for(lambda: httpx.get(self.url + "/ready", timeout=2).json().get("workers") == n - 1, 30,
+                 "a worker to leave")
+        started = time.monotonic()
+        new = self._restart(n - 1)
+        workers.append(new)
+        while time.monotonic() - started < timeout:
+            if not new.alive():
+                raise RuntimeError(f"the restarted worker exited with {new.proc.returncode}:\n{new.tail()}")
+            try:
+                if httpx.get(self.url + "/ready", timeout=2).json().get("workers") == n:
+                    return time.monotonic() - started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError(f"the restarted worker was not READY after {timeout:g} s:\n{new.tail()}")
 
     def stop(self) -> None:
         for servers in reversed(list(self.servers.values())):
@@ -112,10 +156,13 @@ def start(spec: SystemSpec, model: Path, threads: int, logs: Path, workers: int 
         n = int(env.pop("WORKERS", workers))
         worker_threads = env.pop("NUM_THREADS", str(threads))
         wport = free_port()
+        while wport == port:  # both were free a moment ago; the same one twice would put workers on HTTP
+            wport = free_port()
         base = clean_env(
             HOST="127.0.0.1", PORT=str(port),
             RERANKER_WORKERS_BIND=f"tcp://127.0.0.1:{wport}", RERANKER_BROKER_URL=f"tcp://127.0.0.1:{wport}",
             RERANKER_FRONTEND=f"ipc://{logs}/frontend-{port}.ipc", RERANKER_MODEL=str(model),
+            RERANKER_EXPORT_DIR=str(EXPORTS),
             RERANKER_HEALTH_FILE=str(logs / f"health-{port}.json"),
             # The service answers 504 after RERANKER_REQUEST_TIMEOUT (60 s by default); at c32 a W30 request
             # waits ~75 s on one fp32 worker here. The other systems have no such limit, so lift it.
@@ -126,14 +173,16 @@ def start(spec: SystemSpec, model: Path, threads: int, logs: Path, workers: int 
         wait_for(lambda: _http_ok(url + "/health"), 60, "the gateway", [gateway])
         wenv = {**base, "NUM_THREADS": worker_threads, "OMP_NUM_THREADS": worker_threads,
                 "MKL_NUM_THREADS": worker_threads}
-        ws = []
-        for i in range(n):
-            ws.append(Server(f"worker{i}", [python(), "-m", "worker"],
-                             {**wenv, "RERANKER_HEALTH_FILE": str(logs / f"health-{port}-{i}.json")},
-                             logs / f"{tag}-worker{i}.log"))
+
+        def worker(i: int) -> Server:
+            return Server(f"worker{i}", [python(), "-m", "worker"],
+                          {**wenv, "RERANKER_HEALTH_FILE": str(logs / f"health-{port}-{i}.json")},
+                          logs / f"{tag}-worker{i}.log")
+
+        ws = [worker(i) for i in range(n)]
         running = Running(spec, url, "rerank", {"gateway": [gateway], "worker": ws},
                           {"workers": n, "threads_per_worker": int(worker_threads),
-                           "web_concurrency": int(env.get("WEB_CONCURRENCY", 1))})
+                           "web_concurrency": int(env.get("WEB_CONCURRENCY", 1))}, restart=worker)
         try:
             wait_for(lambda: httpx.get(url + "/ready", timeout=2).json().get("workers") == n, timeout,
                      f"{n} workers ready", [gateway, *ws])

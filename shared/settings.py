@@ -285,10 +285,13 @@ class Settings(BaseSettings):
         DEFAULT_MODEL, "RERANKER_MODEL", "CrossEncoder to load: a Hugging Face hub name or a local directory.",
         read_by=(WORKER,))
     backend: choice(*BACKENDS) = option(
-        "torch", "RERANKER_BACKEND",
-        "Scorer: torch (default), onnx, openvino, or stub (word overlap; tests and demos only).", read_by=(WORKER,))
+        "auto", "RERANKER_BACKEND",
+        "Scorer: auto (default: the fastest installed backend for RERANKER_PRECISION, chosen at start), torch, "
+        "onnx, openvino, or stub (word overlap; tests and demos only).", read_by=(WORKER,))
     precision: choice(*PRECISIONS) = option(
-        "fp32", "RERANKER_PRECISION", "Numeric precision of the model; fp32 is exact.", read_by=(WORKER,))
+        "exact", "RERANKER_PRECISION",
+        "exact (default: scores equal CrossEncoder.predict's; fp32), fast (the fastest mode within the drift "
+        "budget on this CPU, chosen at start), or fp32, bf16, int8.", read_by=(WORKER,))
     num_threads: integer(1) = option(
         None, "NUM_THREADS", "Torch threads per worker. Keep replicas x NUM_THREADS <= cores.", read_by=(WORKER,),
         shown="CPUs this process may use", computed=usable_cpus)

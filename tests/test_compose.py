@@ -243,7 +243,7 @@ def test_compose_services_networks_and_no_published_ports():
     assert c["services"]["gateway"]["deploy"]["replicas"] == 1
     # Swarm: the gateway's names resolve to its task, not to a virtual IP (IPVS may be missing).
     assert c["services"]["gateway"]["deploy"]["endpoint_mode"] == "dnsrr"
-    assert worker["build"]["args"]["WORKER_EXTRAS"] == "${WORKER_EXTRAS:-worker}"
+    assert worker["build"]["args"]["WORKER_EXTRAS"] == "${WORKER_EXTRAS:-worker,onnx,openvino}"  # fast modes, no rebuild
     # One model cache for every replica, where the image points HF_HOME.
     hf_home = re.search(r"HF_HOME=(\S+)", (ROOT / "Dockerfile.worker").read_text()).group(1)
     volume = [v for v in worker["volumes"] if v.split(":")[1] == hf_home]

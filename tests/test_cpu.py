@@ -43,3 +43,23 @@ def test_set_threads(monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("flags,klass,vnni", [
+    ({"avx", "avx2", "fma"}, "avx2", False),
+    ({"avx2", "avx512f", "avx512bw"}, "avx512", False),
+    ({"avx2", "avx512f", "avx512_vnni"}, "avx512-vnni", True),
+    ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, "avx512-bf16", True),
+    ({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"}, "amx", True),
+    ({"avx2", "avx_vnni"}, "avx2", True),
+    ({"sse4_2"}, "baseline", False),
+])
+def test_cpu_class_and_vnni(flags, klass, vnni):
+    assert cpu.cpu_class(flags) == klass
+    assert cpu.vnni_supported(flags) is vnni
+
+
+def test_isa_tag_changes_with_the_instruction_sets_only():
+    tag = cpu.isa_tag({"avx2", "fma", "sse4_2"})
+    assert tag == cpu.isa_tag({"avx2", "fma", "aes"}) and tag.startswith("avx2-")
+    assert tag != cpu.isa_tag({"avx2", "fma", "avx_vnni"})

@@ -17,7 +17,7 @@ from shared.settings import (
 
 def test_defaults():
     s = Settings.load({}, dotenv=None)
-    assert (s.host, s.port, s.model, s.backend, s.precision) == ("0.0.0.0", 8300, DEFAULT_MODEL, "torch", "fp32")
+    assert (s.host, s.port, s.model, s.backend, s.precision) == ("0.0.0.0", 8300, DEFAULT_MODEL, "auto", "exact")
     assert s.workers_bind == "tcp://127.0.0.1:5555" and s.broker_url == "tcp://127.0.0.1:5555"
     assert s.num_threads >= 1
     assert s.frontend_url.endswith("reranker-8300.ipc")
@@ -37,7 +37,7 @@ def test_environment_is_parsed():
     ({"NUM_THREADS": "two"}, "NUM_THREADS", "an integer >= 1"),
     ({"NUM_THREADS": "0"}, "NUM_THREADS", "an integer >= 1"),
     ({"PORT": "70000"}, "PORT", "an integer in 1..65535"),
-    ({"RERANKER_BACKEND": "tensorflow"}, "RERANKER_BACKEND", "one of torch, onnx, openvino, stub"),
+    ({"RERANKER_BACKEND": "tensorflow"}, "RERANKER_BACKEND", "one of auto, torch, onnx, openvino, stub"),
     ({"RERANKER_REQUEST_TIMEOUT": "-1"}, "RERANKER_REQUEST_TIMEOUT", "a number > 0"),
     ({"RERANKER_REQUEST_TIMEOUT": "nan"}, "RERANKER_REQUEST_TIMEOUT", "a number > 0"),
     ({"RERANKER_STUB_DELAY_MS": "inf"}, "RERANKER_STUB_DELAY_MS", "a number >= 0"),

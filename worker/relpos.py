@@ -34,7 +34,7 @@ class ProjectionMemo(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.data_ptr() != self.table.data_ptr():
             return self.proj(x)
-        key = (tuple(x.shape), x.stride(), x.dtype)
+        key = (tuple(int(d) for d in x.shape), x.stride(), x.dtype)  # ints: a tracer's sizes are tensors
         out = self.memo.get(key)
         if out is None:
             out = self.memo[key] = self.proj(x)

@@ -1,13 +1,15 @@
 """Scorers: what turns (query, sentence) pairs into float32 scores.
 
-`load_scorer(settings)` picks one by RERANKER_BACKEND and RERANKER_PRECISION.
+`load_scorer(settings)` picks one by RERANKER_BACKEND and RERANKER_PRECISION; where they leave the choice
+open (auto, exact, fast) worker/selection.py makes it.
 
-- torch fp32 (the default) is exact: its scores equal `CrossEncoder.predict`'s default output
-  (sigmoid for one label) within float noise (< 1e-5), in the same order.
-- torch bf16 / int8, onnx fp32 / int8 and openvino fp32 / bf16 / int8 are the fast modes; their drift
-  and speed are measured by `python -m benchmarks.drift` and written up in docs/precision.md. onnx and
-  openvino are optional extras (`pip install '.[onnx]'`, `'.[openvino]'`). They run a graph exported
-  once from the torch model and cached (worker/backends/export.py).
+- fp32, in any backend, is exact: its scores equal `CrossEncoder.predict`'s default output (sigmoid for
+  one label) within float noise (< 1e-5), in the same order. RERANKER_PRECISION=exact (the default) runs
+  the fastest fp32 backend installed.
+- torch bf16 / int8, onnx int8 and openvino bf16 / int8 are the fast modes; their drift and speed are
+  measured by `python -m benchmarks.drift` and written up in docs/precision.md. onnx and openvino are
+  optional extras (`pip install '.[onnx]'`, `'.[openvino]'`). They run a graph exported once from the
+  torch model and cached (worker/backends/export.py), and need no torch once it is there.
 - The stub is for tests and demos only and is never the default (worker/stub.py).
 
 Every mode is a runtime (worker/backends/) under one batching scheme (`CrossEncoderScorer.score`): the
@@ -29,8 +31,8 @@ from shared.settings import Settings
 
 from .backends import check_mode, runtime_loader
 from .batching import plan_batches
-from .cpu import set_threads
 from .runtime import Pairs, ScorerError
+from .selection import choose_scorer, ruled_mode
 from .stub import StubScorer
 
 
@@ -51,12 +53,9 @@ class CrossEncoderScorer:
     """A CrossEncoder's scores (default activation: sigmoid for one label), in any backend and precision."""
 
     def __init__(self, settings: Settings) -> None:
+        settings = ruled_mode(settings)  # auto/exact/fast settled by rule; load_scorer measures instead
         backend, precision = settings.backend, settings.precision
         check_mode(backend, precision)
-        import torch
-
-        self._torch = torch
-        set_threads(settings.num_threads)
         self.batch_size = settings.batch_size
         self.batch_tokens = settings.batch_tokens
         if self.batch_tokens < 1:
@@ -81,10 +80,9 @@ class CrossEncoderScorer:
         pairs = [(q, s) for q, s in pairs]
         if not pairs:
             return np.zeros(0, dtype=np.float32)
-        torch = self._torch
         runtime = self.runtime
         scores = np.empty(len(pairs), dtype=np.float32)
-        with self._lock, torch.inference_mode(), _truncating(runtime.tokenizer, truncation_side):
+        with self._lock, _truncating(runtime.tokenizer, truncation_side):
             features = runtime.tokenize(pairs)
             mask = features["attention_mask"]
             lengths = mask.sum(1).tolist()
@@ -92,17 +90,15 @@ class CrossEncoderScorer:
             for batch in plan_batches(lengths, self.batch_size, self.batch_tokens):
                 longest = int(max(lengths[i] for i in batch))
                 cols = slice(0, longest) if runtime.padding_side != "left" else slice(width - longest, width)
-                index = torch.tensor(batch)
-                sub = {k: (v[index, cols] if isinstance(v, torch.Tensor) and v.ndim == 2 else v)
+                index = np.asarray(batch)
+                sub = {k: (v[index, cols] if getattr(v, "ndim", 0) == 2 else v)
                        for k, v in features.items()}  # rows of this batch, padded to its longest pair
-                logits = runtime.forward(sub)
-                if torch.is_floating_point(logits) and torch.finfo(logits.dtype).bits < 32:
-                    logits = logits.float()  # as predict: upcast bf16 before the activation
+                logits = runtime.forward(sub)  # float32 (the runtime upcasts bf16, as predict does)
                 out = runtime.activation(logits)
                 if raw is not None:
-                    keep = torch.tensor([raw[i] for i in batch]).reshape(-1, *([1] * (logits.ndim - 1)))
-                    out = torch.where(keep, logits, out)  # as predict(activation_fn=Identity) for those pairs
-                scores[batch] = out.reshape(len(batch)).float().numpy()
+                    keep = np.asarray([raw[i] for i in batch]).reshape(-1, *([1] * (logits.ndim - 1)))
+                    out = np.where(keep, logits, out)  # as predict(activation_fn=Identity) for those pairs
+                scores[batch] = out.reshape(len(batch))
         return scores
 
     def too_long(self, pairs: Pairs) -> list[bool]:
@@ -126,4 +122,4 @@ def _truncating(tokenizer, side: str) -> Iterator[None]:
 def load_scorer(settings: Settings) -> Scorer:
     if settings.backend == "stub":
         return StubScorer(settings)
-    return CrossEncoderScorer(settings)
+    return choose_scorer(settings, CrossEncoderScorer)

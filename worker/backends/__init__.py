@@ -48,24 +48,25 @@ def _missing_modules(backend: str, precision: str) -> list[str]:
     return [pip for module, pip in wanted if importlib.util.find_spec(module) is None]
 
 
-def check_mode(backend: str, precision: str, flags: set[str] | None = None) -> None:
-    """Raise ScorerError (one line, naming the variable) unless this backend/precision can run here."""
+def unavailable(backend: str, precision: str, flags: set[str] | None = None) -> str | None:
+    """Why this backend/precision cannot run here (one line, naming the variable), or None if it can."""
     if backend not in MODES or not MODES[backend]:
-        raise ScorerError(f"RERANKER_BACKEND={backend} is unknown; use one of: {', '.join(MODES)}")
+        return f"RERANKER_BACKEND={backend} is unknown; use one of: {', '.join(MODES)}"
     if precision not in MODES[backend]:
-        raise ScorerError(
-            f"RERANKER_PRECISION={precision} is not supported with RERANKER_BACKEND={backend}; "
-            f"use one of: {', '.join(MODES[backend])}"
-            + ("" if backend == "torch" else " (or RERANKER_BACKEND=torch)")
-        )
+        return (f"RERANKER_PRECISION={precision} is not supported with RERANKER_BACKEND={backend}; "
+                f"use one of: {', '.join(MODES[backend])}" + ("" if backend == "torch" else " (or RERANKER_BACKEND=torch)"))
     missing = _missing_modules(backend, precision)
     if missing:
-        raise ScorerError(
-            f"RERANKER_BACKEND={backend} needs: pip install '.[{backend}]' "
-            f"(missing: {', '.join(missing)}; keep torch with -c constraints/torch-cpu.txt)"
-        )
+        return (f"RERANKER_BACKEND={backend} needs: pip install '.[{backend}]' "
+                f"(missing: {', '.join(missing)}; keep torch with -c constraints/torch-cpu.txt)")
     if (backend, precision) in NEEDS_BF16_CPU and not bf16_supported(flags):
-        raise ScorerError(
-            "RERANKER_PRECISION=bf16 needs a CPU with AVX512-BF16 or AMX-BF16, and /proc/cpuinfo lists "
-            "neither (bf16 would be slower than fp32 here); use RERANKER_PRECISION=fp32 or int8"
-        )
+        return ("RERANKER_PRECISION=bf16 needs a CPU with AVX512-BF16 or AMX-BF16, and /proc/cpuinfo lists "
+                "neither (bf16 would be slower than fp32 here); use RERANKER_PRECISION=fp32 or int8")
+    return None
+
+
+def check_mode(backend: str, precision: str, flags: set[str] | None = None) -> None:
+    """Raise ScorerError (one line, naming the variable) unless this backend/precision can run here."""
+    why = unavailable(backend, precision, flags)
+    if why is not None:
+        raise ScorerError(why)

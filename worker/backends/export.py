@@ -3,16 +3,22 @@
 The cache for one model is a directory (`export_root`):
 
     meta.json          source fingerprint, activation, input names
-    tokenizer/         the CrossEncoder's tokenizer as sentence-transformers set it up (max length, casing)
-    onnx/model.onnx, onnx/model_qint8_avx512_vnni.onnx
-    openvino/openvino_model.xml (+ .bin), openvino/openvino_model_int8.xml (+ .bin)
+    tokenizer/         the CrossEncoder's tokenizer as sentence-transformers set it up (max length, casing),
+                       and its call settings for worker/tokenizing.py
+    onnx/...           the ONNX graphs and, per CPU and ONNX Runtime version, their optimized forms
+    openvino/...       the OpenVINO IRs and, per CPU, OpenVINO's compiled-model cache
+    torch/...          the model traced (TorchScript) in each precision
+    choices.json       the modes chosen for RERANKER_PRECISION=exact/fast on each CPU (worker/selection.py)
 
 Each file is made on first need (11-16 s for mxbai-base) under a file lock, so that workers starting
 together export once, and written under a temporary name then renamed, so that a killed export leaves
 nothing half-written. When the source model changes (local directory: file sizes and times) the cache is
-rebuilt. sentence-transformers' own ONNX/OpenVINO backends need optimum-onnx (transformers < 4.58) or
+rebuilt. Once everything a mode needs is there, loading it imports neither sentence-transformers nor
+transformers (nor torch, but for the torch backend).
+
+sentence-transformers' own ONNX/OpenVINO backends need optimum-onnx (transformers < 4.58) or
 optimum-intel (transformers < 5.6), which cannot coexist with sentence-transformers 6.x / transformers
-5.2x, so the export is done here with torch.onnx / openvino.convert_model directly.
+5.2x, so the export is done here with torch.onnx / openvino.convert_model / torch.jit.trace directly.
 """
 
 from __future__ import annotations
@@ -28,13 +34,15 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from ..activations import ACTIVATIONS
 from ..loading import load_cross_encoder, load_failure
 from ..runtime import ScorerError
+from ..tokenizing import SETTINGS, PairTokenizer, pair_settings, save_pair_settings
 
 if TYPE_CHECKING:
     from shared.settings import Settings
 
-FORMAT = 1
+FORMAT = 2  # 2: graphs traced with DeBERTa's windowed relative attention (worker/backends/deberta.py)
 META = "meta.json"
 
 
@@ -61,9 +69,10 @@ def fingerprint(model: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def locked(root: Path) -> Iterator[None]:
+def locked(root: Path, name: str = ".lock") -> Iterator[None]:
+    """Holds an exclusive lock on root/name (one per name: a process may hold two different ones)."""
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "a+") as f:
+    with open(root / name, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -96,7 +105,7 @@ class Export:
 
     def _reset(self) -> None:
         for entry in self.root.iterdir():
-            if entry.name == ".lock":
+            if entry.name.startswith(".") and entry.name.endswith(".lock"):
                 continue
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
@@ -107,6 +116,7 @@ class Export:
         tmp = self.root / "tokenizer.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tokenizer.save_pretrained(str(tmp))
+        save_pair_settings(tokenizer, tmp)
         os.replace(tmp, self.root / "tokenizer")
         from sentence_transformers.util import fullname
 
@@ -128,11 +138,16 @@ class Export:
             self._source = load_cross_encoder(self.model, None)
         return self._source
 
-    def wrapper(self):
-        """The inner HF model as a module: named input tensors in, logits out."""
+    @contextlib.contextmanager
+    def wrapper(self, hf: Any = None) -> Iterator[Any]:
+        """The inner HF model (or `hf`, a converted copy of it) as a module to trace: named input tensors in,
+        logits out; DeBERTa-v2's relative attention over the positions in use (worker/backends/deberta.py)
+        while it is open."""
         import torch
 
-        hf = self.source()[0].auto_model.eval()
+        from .deberta import windowed
+
+        hf = (self.source()[0].auto_model if hf is None else hf).eval()
         names = self.meta["inputs"]
 
         class Logits(torch.nn.Module):
@@ -143,7 +158,8 @@ class Export:
             def forward(self, *tensors):
                 return self.hf(**dict(zip(names, tensors))).logits
 
-        return Logits().eval()
+        with windowed(hf):
+            yield Logits().eval()
 
     def example(self) -> dict[str, Any]:
         """Two padded pairs of different lengths, to trace the graph with a masked row."""
@@ -171,6 +187,23 @@ class Export:
                 os.replace(tmp, target)
         return target
 
+    def folder(self, relpath: str, build: Callable[[Path], None]) -> Path:
+        """The directory `root/relpath`, filled by build(tmp_dir) under the lock if it is not there yet:
+        for files that name each other (a graph and its weights file), made whole or not at all."""
+        target = self.root / relpath
+        if target.is_dir():
+            return target
+        with locked(self.root):
+            if not target.is_dir():
+                tmp = target.with_name(f"tmp-{os.getpid()}-{target.name}")
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    build(tmp)
+                os.replace(tmp, target)
+        return target
+
     def release_source(self) -> None:
         """Drop the torch model once exports are done (it is ~4 bytes a parameter)."""
         self._source = None
@@ -180,40 +213,47 @@ def _companions(tmp: Path) -> list[Path]:
     return [p for p in tmp.parent.glob(tmp.stem + ".*") if p != tmp]
 
 
-class Tokenized:
-    """Tokenizer and activation for an exported model, set up exactly as the CrossEncoder had them.
+class Exported:
+    """Tokenizer and activation for an exported model, set up exactly as the CrossEncoder had them,
+    with neither torch nor transformers (worker/tokenizing.py, worker/activations.py).
 
     The runtime that extends it sets `path`, the exported file it runs.
     """
 
     path: Path
 
-    def __init__(self, root: Path, meta: dict, max_length: int | None) -> None:
-        from sentence_transformers.util import import_from_string
-        from transformers import AutoTokenizer
-
-        kwargs = {"model_max_length": max_length} if max_length is not None else {}
-        self.tokenizer = AutoTokenizer.from_pretrained(str(root / "tokenizer"), **kwargs)
+    def __init__(self, export: Export, max_length: int | None) -> None:
+        meta = export.meta
+        directory = export.root / "tokenizer"
+        # Caches written before the call settings were recorded get them now (this once, with transformers).
+        export.artifact(f"tokenizer/{SETTINGS}", lambda tmp: _write_pair_settings(directory, tmp))
+        self.inputs = meta["inputs"]
+        self.tokenizer = PairTokenizer(directory, self.inputs, max_length)
         self.max_length = self.tokenizer.model_max_length
         self.padding_side = meta.get("padding_side", "right")
-        self.inputs = meta["inputs"]
         self.num_labels = meta.get("num_labels", 1)
-        path = meta["activation"]
-        if not path.startswith("torch."):
-            raise ScorerError(f"RERANKER_MODEL's activation {path} is not a torch module; "
-                              "use RERANKER_BACKEND=torch for this model")
-        self.activation = import_from_string(path)()
+        self.activation = ACTIVATIONS.get(meta["activation"]) or self.other_activation(meta["activation"])
+
+    def other_activation(self, path: str) -> Callable[[Any], Any]:
+        """An activation_fn that worker/activations.py does not have (the torch backend runs it in torch)."""
+        raise ScorerError(f"RERANKER_MODEL's activation {path} is not one of {', '.join(ACTIVATIONS)}; "
+                          "use RERANKER_BACKEND=torch for this model")
 
     @property
     def info(self) -> dict[str, Any]:
         return {"export": str(self.path)}
 
     def tokenize(self, pairs: list[tuple[str, str]]) -> dict[str, Any]:
-        # What sentence-transformers' Transformer.preprocess does for text pairs.
-        return dict(self.tokenizer(pairs, padding=True, truncation="longest_first", return_tensors="pt"))
+        return self.tokenizer.encode(pairs)  # what sentence-transformers' Transformer.preprocess does for pairs
 
 
-def load_exported(runtime: Callable[..., Tokenized], settings: Settings) -> Tokenized:
+def _write_pair_settings(directory: Path, tmp: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tmp.write_text(json.dumps(pair_settings(AutoTokenizer.from_pretrained(str(directory))), indent=1))
+
+
+def load_exported(runtime: Callable[..., Exported], settings: Settings) -> Exported:
     """`runtime` on the model's export cache; an export or load failure becomes one line with its cause."""
     root = export_root(settings.model, settings.export_dir)
     try:
