@@ -86,10 +86,10 @@ def scorer(conditioned_model):
     return CrossEncoderScorer(Settings(model=str(conditioned_model), num_threads=1))
 
 
-def repeated(tokenizer, snippet: str, tokens: int) -> str:
-    """`snippet` repeated to about `tokens` tokens."""
+def repeated(count, snippet: str, tokens: int) -> str:
+    """`snippet` repeated to about `tokens` tokens (`count` counts a text's tokens)."""
     words = snippet.split()
-    per = len(tokenizer(snippet, add_special_tokens=False)["input_ids"])
+    per = count(snippet)
     return " ".join(words * (tokens // per + 1))
 
 
@@ -103,18 +103,19 @@ def long_passage(scorer):
     repeated to fill a window, the one the model scores highest is the passage and the lowest the filler.
     """
     rng = random.Random(7)
-    tokenizer = scorer.runtime.tokenizer
+    chunker = Chunker(scorer.runtime.tokenizer, scorer.runtime.max_length)
+    count = lambda text: len(chunker.tokenizer.encode(text, add_special_tokens=False).ids)  # noqa: E731
     query = sample_text(rng, 8)
     snippets = [sample_text(rng, 30) for _ in range(24)]
-    windows = scorer.score([(query, repeated(tokenizer, s, 450)) for s in snippets])
+    windows = scorer.score([(query, repeated(count, s, 450)) for s in snippets])
     filler, passage = snippets[int(np.argmin(windows))], snippets[int(np.argmax(windows))]
-    head = repeated(tokenizer, filler, 2000)
-    a = " ".join([head, repeated(tokenizer, passage, 700), repeated(tokenizer, filler, 200)])
-    c = repeated(tokenizer, filler, len(tokenizer(a, add_special_tokens=False)["input_ids"]))
+    head = repeated(count, filler, 2000)
+    a = " ".join([head, repeated(count, passage, 700), repeated(count, filler, 200)])
+    c = repeated(count, filler, count(a))
     middle = (windows.min() + windows.max()) / 2
     shorts = [sample_text(rng, 40) for _ in range(40)]
     b = shorts[int(np.argmin(np.abs(scorer.score([(query, s) for s in shorts]) - middle)))]
-    at = len(tokenizer(head, add_special_tokens=False)["input_ids"])
+    at = count(head)
     assert 1900 <= at <= 2200, at
     return query, [a, b, c]
 

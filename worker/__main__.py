@@ -21,6 +21,7 @@ from . import health, hub
 from .loop import WorkerLoop
 from .runtime import ScorerError
 from .scorer import load_scorer
+from .selection import check_fits
 
 log = logging.getLogger("reranker.worker")
 
@@ -49,6 +50,7 @@ def serve(settings: Settings) -> None:
             else f"model {settings.model!r} ({settings.backend} {settings.precision}, ")
     log.info("worker %d: loading %sNUM_THREADS=%d)", os.getpid(), what, settings.num_threads)
     if settings.backend != "stub":
+        check_fits(settings)
         hub.prepare(settings.model)
     scorer = load_scorer(settings)
     scorer.score(WARMUP)

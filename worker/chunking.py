@@ -22,39 +22,39 @@ MIN_ROOM = 16  # tokens: with less room beside the query, windows would say noth
 
 
 class Chunker:
+    """Cuts texts into windows with the runtime's own tokenization: a copy of the `tokenizers.Tokenizer`
+    under it (a Hugging Face fast tokenizer's or a PairTokenizer's), so that no call setting of the
+    runtime's is touched."""
+
     def __init__(self, tokenizer: Any, max_length: int) -> None:
-        self.tokenizer = tokenizer
+        from tokenizers import Tokenizer
+
+        backend = getattr(tokenizer, "backend_tokenizer", None) or tokenizer.backend
+        self.tokenizer = Tokenizer.from_str(backend.to_str())
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
         self.max_length = max_length
-        self.specials = tokenizer.num_special_tokens_to_add(pair=True)
+        post = self.tokenizer.post_processor
+        self.specials = post.num_special_tokens_to_add(True) if post is not None else 0
 
     def windows(self, query: str, texts: Sequence[str], chunking: Chunking) -> list[list[str]]:
         """Each text's windows, in order."""
-        tokenizer = self.tokenizer
-        query_tokens = len(tokenizer(query, add_special_tokens=False, verbose=False)["input_ids"])
+        query_tokens = len(self.tokenizer.encode(query, add_special_tokens=False).ids)
         room = self.max_length - self.specials - query_tokens
         if room < MIN_ROOM or not texts:
             return [[text] for text in texts]
-        encoded = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         out = []
-        for i, text in enumerate(texts):
-            tokens = len(encoded["input_ids"][i])
+        for text, encoding in zip(texts, self.tokenizer.encode_batch(list(texts), add_special_tokens=False)):
+            tokens = len(encoding.ids)
             limit = tokens if chunking.max_tokens is None else min(tokens, chunking.max_tokens)
             if limit == tokens and tokens <= room:
                 out.append([text])
                 continue
-            offsets = encoded["offset_mapping"][i]
-            starts = _word_starts(encoded, i, tokens)
+            offsets = encoding.offsets
+            words = encoding.word_ids
+            starts = [t for t in range(tokens) if t == 0 or words[t] is None or words[t] != words[t - 1]]
             out.append([text[offsets[a][0]:offsets[b - 1][1]] for a, b in spans(starts, limit, room, chunking.overlap)])
         return out
-
-
-def _word_starts(encoded: Any, i: int, tokens: int) -> list[int]:
-    """Token indices where a word begins (every token, for a tokenizer that does not say)."""
-    try:
-        words = encoded.word_ids(i)
-    except (ValueError, AttributeError):  # a slow tokenizer keeps no word ids
-        return list(range(tokens))
-    return [t for t in range(tokens) if t == 0 or words[t] is None or words[t] != words[t - 1]]
 
 
 def spans(starts: list[int], limit: int, room: int, overlap: int) -> list[tuple[int, int]]:

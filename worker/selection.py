@@ -244,6 +244,15 @@ def ruled_mode(settings: Settings, flags: set[str] | None = None) -> Settings:
     return settings.model_copy(update={"backend": backend, "precision": precision})
 
 
+def check_fits(settings: Settings, flags: set[str] | None = None) -> None:
+    """Raise ScorerError (one line, naming the variable) unless a mode that `settings` allow can run
+    here: checked before the model is fetched, so that a wrong mode costs no download."""
+    if is_open(settings):
+        ruled_mode(settings, flags)
+    elif (why := unavailable(settings.backend, settings.precision, flags=flags)) is not None:
+        raise ScorerError(why)
+
+
 def choose_scorer(settings: Settings, build: Callable[[Settings], Any], flags: set[str] | None = None,
                   cache: ChoiceCache | None = None, probe: list[tuple[str, str]] = PROBE):
     """The scorer for `settings`: as given, or the mode chosen for them (module docstring). `build`

@@ -49,9 +49,9 @@ class PairTokenizer:
         # One job at a time uses NUM_THREADS compute threads; tokenizer threads would only compete.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         settings = json.loads((Path(directory) / SETTINGS).read_text())
-        self._backend = Tokenizer.from_file(str(Path(directory) / "tokenizer.json"))
-        self._backend.no_truncation()
-        self._backend.no_padding()
+        self.backend = Tokenizer.from_file(str(Path(directory) / "tokenizer.json"))
+        self.backend.no_truncation()
+        self.backend.no_padding()
         self.model_max_length = int(max_length if max_length is not None else settings["max_length"])
         self.padding_side = settings["padding_side"]
         self.truncation_side = settings["truncation_side"]
@@ -60,7 +60,7 @@ class PairTokenizer:
         self.outputs = outputs
 
     def _encode(self, pairs: list[tuple[str, str]], truncation: bool, padding: bool) -> list:
-        backend = self._backend
+        backend = self.backend
         if truncation:
             backend.enable_truncation(self.model_max_length, stride=0, strategy="longest_first",
                                       direction=self.truncation_side)
