@@ -411,7 +411,9 @@ STUB_ENV = {
     "WORKER_REPLICAS": "3",  # deploy.replicas, honoured by `up`
     "RERANKER_HEARTBEAT_INTERVAL": "0.5",
     "RERANKER_HEARTBEAT_LIVENESS": "3",
-    "RERANKER_NO_WORKER_GRACE": "5",
+    # A compose recreate of every worker leaves none connected for as long as new containers take to
+    # start (tens of seconds on vfs): requests wait that long (docs/deployment.md, Scaling).
+    "RERANKER_NO_WORKER_GRACE": "45",
     "RERANKER_REQUEST_TIMEOUT": "60",
     "HEALTHCHECK_INTERVAL": "2s",
     "RERANKER_IMAGE_TAG": "test",
@@ -508,7 +510,9 @@ def test_gateway_restart_workers_reconnect_by_themselves(stack):
 @pytest.mark.docker
 def test_scale_to_five_and_back_to_one_under_load(stack):
     stack.wait_workers(3)
-    with stack.background_load(concurrency=4) as load:
+    # More requests in flight than workers: the broker prefers workers that have answered a job, so a
+    # new one gets work when every proven one is busy.
+    with stack.background_load(concurrency=8) as load:
         time.sleep(2)
         stack.timed("scale5", lambda: stack.compose("up", "-d", "--scale", "worker=5"))
         hosts = worker_hosts(stack)
