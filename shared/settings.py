@@ -319,6 +319,10 @@ class Settings(BaseSettings):
         "and per job in the worker).", read_by=(GATEWAY, BROKER, WORKER))
     stub_delay_ms: number(0.0, inclusive=True) = option(
         0.0, "RERANKER_STUB_DELAY_MS", "Stub backend only: simulated compute per pair, in ms.", read_by=(WORKER,))
+    stub_char_delay_us: number(0.0, inclusive=True) = option(
+        0.0, "RERANKER_STUB_CHAR_DELAY_US",
+        "Stub backend only: simulated compute per character of a pair (query and sentence), in microseconds, "
+        "on top of RERANKER_STUB_DELAY_MS: long texts take longer, as with a model.", read_by=(WORKER,))
     stub_fail_on: Text | None = option(
         None, "RERANKER_STUB_FAIL_ON",
         "Stub backend only: a job with a sentence containing this text fails, as a scorer that raises.",
