@@ -138,14 +138,15 @@ class Piece:
     def count(self, share: float, mean: float, least: int, most: int) -> int:
         """How many of this piece's pairs, from its start, make `share` in weight: up to the pair
         boundary nearest it, running over by up to one pair of the `mean` weight rather than
-        stopping short (so equal pairs are cut as before, 10 over 3 in 4 + 3 + 3), and no fewer than
-        `least` pairs, no more than `most`."""
+        stopping short (so equal pairs are cut as before, 10 over 3 in 4 + 3 + 3), all of them where
+        less than half such a pair would be left (a job for it would cost a round trip more), and no
+        fewer than `least` pairs, no more than `most`."""
         if self.weight <= share and self.size <= most:  # all of it (the usual case: a small request)
             return self.size
         cum = self.request.cum
         target = cum[self.start] + share
         end = bisect_left(cum, target, self.start, self.stop + 1)  # the first boundary at or past it
-        if end > self.stop:
+        if end > self.stop or cum[self.stop] - target < mean / 2:  # all, rather than leave a sliver behind
             n = self.size
         elif end <= self.start:  # no share left
             n = 0
