@@ -10,6 +10,7 @@
     .venv/bin/python -m benchmarks quality --mode bf16:RERANKER_PRECISION=bf16 [--data q.jsonl]
     .venv/bin/python -m benchmarks peaks                # GEMM peaks only
     .venv/bin/python -m benchmarks soak --minutes 5     # stub service under steady load: errors, memory growth
+    .venv/bin/python -m benchmarks cache --overlap 0.8  # the score cache on search sessions (stub workers)
 
 Everything is written under benchmarks/results/<time>/ (results.json, results.md, latency.png,
 logs/), and benchmarks/results/latest points there. The model is built on first use under
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .cache_bench import cmd_cache
 from .soak import cmd_soak
 from .setup import cmd_setup
 from .suite import DEFAULT_SYSTEMS, cmd_gateway, cmd_peaks, cmd_quality, cmd_run, cmd_scaling
@@ -115,6 +117,25 @@ def main(argv: list[str] | None = None) -> int:
     so.add_argument("--web-concurrency", type=int, default=1)
     so.add_argument("--out")
     so.set_defaults(fn=cmd_soak)
+
+    ca = sub.add_parser("cache", help="the score cache on a search session's pattern: pairs/s cached vs not")
+    ca.add_argument("--overlap", type=float, default=0.8, help="share of a list kept from the session's previous one")
+    ca.add_argument("--pool", type=int, default=0,
+                    help="first-stage candidates a session's lists are drawn from (0: each new candidate is new)")
+    ca.add_argument("--sessions", type=int, default=8)
+    ca.add_argument("--lists", type=int, default=10, help="candidate lists a session re-ranks, one after another")
+    ca.add_argument("--size", type=int, default=30, help="candidates in a list")
+    ca.add_argument("--concurrency", type=int, default=4, help="sessions at a time")
+    ca.add_argument("--workers", type=int, default=2)
+    ca.add_argument("--delay-ms", type=float, default=20.0, help="stub compute per pair")
+    ca.add_argument("--model", help="a model directory: real workers (torch fp32) instead of stub workers")
+    ca.add_argument("--threads", type=int, default=1, help="torch threads per real worker")
+    ca.add_argument("--seed", type=int, default=0)
+    ca.add_argument("--micro", action="store_true", help="only the broker's own cost per W30 request, in process")
+    ca.add_argument("--gateway", action="store_true", help="only W30 requests/s through the gateway, cache off and on")
+    ca.add_argument("--seconds", type=float, default=10.0, help="of each --gateway run")
+    ca.add_argument("--out")
+    ca.set_defaults(fn=cmd_cache)
 
     args = parser.parse_args(argv)
     return args.fn(args)

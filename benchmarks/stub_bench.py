@@ -5,13 +5,19 @@
   load generator is not the bottleneck; wrk's own CPU is reported (from its rusage).
 - scaling: stub workers with a fixed cost per pair (RERANKER_STUB_DELAY_MS, a sleep, so that
   eight workers fit on two cores): throughput vs N = 1..8 workers under a closed-loop W30 load,
-  and the latency of one W240 request over k idle workers.
+  and the latency of one W240 request over k idle workers; then stub workers whose cost follows
+  the text's length (RERANKER_STUB_CHAR_DELAY_US, as a model's does) and one mixed-length W240
+  request (one sentence in four of 300 words, the others of 10) over k idle workers.
+
+The stub service runs without the broker's score cache unless told otherwise: these workloads
+repeat their requests, and a cache would answer them instead of the workers.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import statistics
@@ -21,9 +27,12 @@ from pathlib import Path
 
 import httpx
 
-from . import loadgen
+from devkit.models import sample_text
 from devkit.procs import Monitor, Server, clean_env, free_port, python, wait_for
-from .workloads import make_requests
+from gateway.scheduler import PAIR_CHARS
+
+from . import loadgen
+from .workloads import QUERY_WORDS, RerankRequest, make_requests
 
 
 class StubService:
@@ -41,7 +50,7 @@ class StubService:
             HOST="127.0.0.1", PORT=str(self.port), WEB_CONCURRENCY=str(web_concurrency),
             RERANKER_WORKERS_BIND=f"tcp://127.0.0.1:{wport}", RERANKER_BROKER_URL=f"tcp://127.0.0.1:{wport}",
             RERANKER_FRONTEND=f"ipc://{logs}/frontend-{self.port}.ipc", RERANKER_BACKEND="stub",
-            RERANKER_STUB_DELAY_MS=f"{delay_ms:g}", **env)
+            RERANKER_STUB_DELAY_MS=f"{delay_ms:g}", **{"RERANKER_CACHE_BYTES": "0", **env})
         self.gateway = Server("gateway", [python(), "-m", "gateway"], self.env, logs / f"stub-{self.port}-gateway.log")
         self.workers: list[Server] = []
         try:
@@ -169,7 +178,10 @@ def _profilers(svc: "StubService", out: Path, seconds: float) -> list[tuple[str,
 
 
 def gateway_overhead(logs: Path, web_concurrencies=(1, 2), workers: int = 2, connections: int = 32,
-                     seconds: float = 10.0, install_wrk: bool = False, profile: bool = False) -> dict:
+                     seconds: float = 10.0, install_wrk: bool = False, profile: bool = False,
+                     cache_bytes: int = 0) -> dict:
+    """`cache_bytes`: the broker's score cache; with one, every request but the first (the same
+    body each time) is answered from it, and the workers see none."""
     wrk = find_wrk(install_wrk)
     if wrk is None:
         return {"skipped": "wrk not found (apt-get install -y wrk, or run with --install-wrk)"}
@@ -181,7 +193,7 @@ def gateway_overhead(logs: Path, web_concurrencies=(1, 2), workers: int = 2, con
     lua.write_text(LUA.format(body=body))
     runs = []
     for wc in web_concurrencies:
-        svc = StubService(logs, web_concurrency=wc)
+        svc = StubService(logs, web_concurrency=wc, RERANKER_CACHE_BYTES=str(cache_bytes))
         try:
             svc.add_workers(workers)
             loadgen.send_one(svc.url, "rerank", req)
@@ -204,14 +216,15 @@ def gateway_overhead(logs: Path, web_concurrencies=(1, 2), workers: int = 2, con
                             res["profile"][name] = {"raw": str(raw), **profile_summary(raw)}
         finally:
             svc.stop()
-    return {"workload": "W30", "pairs": req.pairs, "runs": runs}
+    return {"workload": "W30", "pairs": req.pairs, "cache_bytes": cache_bytes, "runs": runs}
 
 
 # -- scaling ---------------------------------------------------------------------------------
 
 def scaling(logs: Path, max_workers: int = 8, counts: list[int] | None = None, delay_ms: float = 10.0,
             seconds: float = 6.0, w240_repeats: int = 3) -> dict:
-    """Throughput vs workers, and one W240 request over k idle workers, in one growing pool."""
+    """Throughput vs workers, and one W240 request over k idle workers, in one growing pool; then
+    one mixed-length W240 request over k idle workers, in another (mixed_w240)."""
     counts = sorted(set(counts or range(1, max_workers + 1)))
     w30 = make_requests("W30", 64, seed=7)
     w240 = make_requests("W240", w240_repeats, seed=8)
@@ -244,4 +257,60 @@ def scaling(logs: Path, max_workers: int = 8, counts: list[int] | None = None, d
         p["w240_vs_ideal"] = round(p["w240_ms"] / (t1 / p["workers"]), 3)  # target <= 1.25
     ideal = 1000.0 / delay_ms
     return {"delay_ms_per_pair": delay_ms, "ideal_pairs_per_s_per_worker": ideal,
-            "one_worker_pairs_per_s": base["pairs_per_s"] if base["workers"] == 1 else None, "points": points}
+            "one_worker_pairs_per_s": base["pairs_per_s"] if base["workers"] == 1 else None, "points": points,
+            "mixed": mixed_w240(logs, counts, char_us=5.0 * delay_ms, repeats=w240_repeats)}
+
+
+# -- mixed lengths -----------------------------------------------------------------------------
+
+MIXED_WORDS = (10, 300)  # a sentence's words: one in four long
+
+
+def mixed_requests(count: int, seed: int = 0, pairs: int = 240) -> list[RerankRequest]:
+    """Requests of `pairs` sentences, one in four of 300 words and the others of 10, at random."""
+    out = []
+    for i in range(count):
+        rng = random.Random(f"mixed/{seed}/{i}")
+        query = sample_text(rng, rng.randint(*QUERY_WORDS))
+        out.append(RerankRequest(query, [sample_text(rng, MIXED_WORDS[rng.random() < 0.25]) for _ in range(pairs)]))
+    return out
+
+
+def mixed_w240(logs: Path, counts: list[int], char_us: float = 50.0, repeats: int = 3) -> dict:
+    """One mixed-length W240 request at a time over k idle stub workers whose time follows the text's
+    length: `char_us` per character of a pair and a pair's own few characters' worth (the broker's
+    PAIR_CHARS), as a model's time follows its tokens (50 us a character is still some ten times
+    faster than a base-size cross-encoder on two CPU threads). Each k's median latency against the
+    one-worker time t1 over k (target <= 1.1)."""
+    requests = mixed_requests(repeats, seed=9)
+    svc = StubService(logs, delay_ms=PAIR_CHARS * char_us / 1000, RERANKER_STUB_CHAR_DELAY_US=f"{char_us:g}")
+    points = []
+    try:
+        for n in counts:
+            svc.add_workers(n - len(svc.workers))
+            time.sleep(0.2)
+            lat = [loadgen.send_one(svc.url, "rerank", r) for r in requests]
+            points.append({"workers": n, "w240_ms": round(statistics.median(lat) * 1000, 1),
+                           "w240_all_ms": [round(x * 1000, 1) for x in lat]})
+    finally:
+        svc.stop()
+    t1 = points[0]["w240_ms"] * points[0]["workers"]
+    for p in points:
+        p["w240_vs_ideal"] = round(p["w240_ms"] / (t1 / p["workers"]), 3)
+    chars = [sum(len(r.query) + len(s) for s in r.sentences) for r in requests]
+    return {"char_delay_us": char_us, "pair_delay_ms": PAIR_CHARS * char_us / 1000,
+            "long_share": 0.25, "words": list(MIXED_WORDS), "chars_per_request": round(statistics.mean(chars)),
+            "points": points}
+
+
+def mixed_table(s: dict) -> str:
+    m = (s or {}).get("mixed")
+    if not m:
+        return ""
+    lines = [f"Mixed lengths: one W240 request (one sentence in four of {m['words'][1]} words, the others of "
+             f"{m['words'][0]}) over N idle stub workers at {m['char_delay_us']:g} us per character and "
+             f"{m['pair_delay_ms']:g} ms per pair (target: W240 time <= 1.1 x t1/N):", "",
+             "| workers | W240 ms | W240 / (t1/N) |", "|---|---|---|"]
+    for p in m["points"]:
+        lines.append(f"| {p['workers']} | {p['w240_ms']:.0f} | {p['w240_vs_ideal']:.2f} |")
+    return "\n".join(lines)

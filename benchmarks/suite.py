@@ -403,6 +403,7 @@ def cmd_scaling(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "scaling.json").write_text(json.dumps(s, indent=2))
     print(report.scaling_table(s))
+    print("\n" + stub_bench.mixed_table(s))
     return 0
 
 

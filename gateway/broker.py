@@ -30,6 +30,7 @@ from shared.logs import setup_logging
 from shared.ratelimit import RateLimitedLog
 from shared.settings import Settings
 
+from .cache import ScoreCache
 from .scheduler import Disconnect, Fail, Reply, Scheduler, SendJob
 
 log = logging.getLogger("reranker.broker")
@@ -55,6 +56,7 @@ def make_scheduler(settings: Settings, job_prefix: bytes = b"") -> Scheduler:
         # heartbeat expiry (a dead worker is purged first).
         job_floor=max(2 * expiry, settings.request_timeout / 4),
         job_prefix=job_prefix,
+        cache=ScoreCache(settings.cache_bytes) if settings.cache_bytes else None,
     )
 
 
@@ -157,8 +159,8 @@ class Broker:
         elif msg.kind == p.RESULT:  # malformed scores or meta raise: the worker is dropped (_drain)
             job = s.jobs.get(msg.args[0])
             tasks = len(job.owners) if job is not None else 0
-            compute_ms, errors = p.decode_result_meta(msg.args[2], tasks)
-            s.job_done(identity, msg.args[0], p.decode_scores(msg.args[1]), now, compute_ms, errors)
+            compute_ms, errors, tokens = p.decode_result_meta(msg.args[2], tasks)
+            s.job_done(identity, msg.args[0], p.decode_scores(msg.args[1]), now, compute_ms, errors, tokens)
         elif msg.kind == p.ERROR:
             s.job_failed(identity, msg.args[0], p.decode_kind(msg.args[1]), msg.args[2].decode("utf-8", "replace"), now)
         elif msg.kind == p.DISCONNECT:

@@ -8,11 +8,16 @@ out as actions in `outbox`, which the broker loop drains and puts on the wire.
   handed work while its heartbeats are late, though it is not yet purged).
   Workers that have answered a job come first: one that has not (just joined,
   or one that says READY and never answers) gets work when no other is idle.
+- With a score cache, the pairs of a request scored before (by workers of the
+  pool's one mode) are answered from it; only the others go to workers, and a
+  request the cache answers whole needs no worker at all (gateway/cache.py).
 - A request's sentences wait in a FIFO of pieces. An idle worker is handed a
-  job of up to `max_batch_pairs` pairs, no more than its fair share of what is
-  queued (but not less than `min_split_pairs`), taken from the head of the FIFO: a big request is split across idle
-  workers in equal pieces, small concurrent ones are merged into one job. Scores are
-  independent per pair, so the merged result equals the unsplit one.
+  job of up to `max_batch_pairs` pairs, about its fair share of what is queued
+  by weight (characters, and a few a pair: what a worker's time follows; but not
+  less than `min_split_pairs` pairs), taken from the head of the FIFO: a big
+  request is split across idle workers in pieces of equal weight, small
+  concurrent ones are merged into one job. Scores are independent per pair, so
+  the merged result equals the unsplit one.
 - Work comes back to the head of the FIFO when its worker is lost: purged (silent
   past its expiry), unreachable, dropped for an answer out of protocol (a job it
   does not hold, the wrong number of scores, scores that are not finite) or for
@@ -34,16 +39,24 @@ out as actions in `outbox`, which the broker loop drains and puts on the wire.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict, deque
+from bisect import bisect_left
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Union
+from itertools import accumulate, repeat
+from operator import add
+from typing import Sequence, Union
 
 import numpy as np
 
 from shared.protocol import ErrorKind, Task
 
+from .cache import Mode, ScoreCache, mode_of
+
 JOB_SLACK = 4.0     # a job may take this many times the time its worker's rate predicts
 RATE_WEIGHT = 0.3   # weight of the newest job in a worker's moving average of seconds per pair
+# A pair's weight, for splitting work, is its characters (query and sentence) and these few more: its
+# special tokens and the rest of a pair's fixed cost, in characters (about 3 tokens of 4-5 characters).
+PAIR_CHARS = 16
 
 
 @dataclass
@@ -54,36 +67,104 @@ class Request:
     received: float
     deadline: float
     scores: np.ndarray = field(init=False)
-    remaining: int = field(init=False)
+    todo: Sequence[str] = field(init=False)  # the sentences for the workers: all, or those not cached
+    cum: list[int] = field(init=False)  # cum[i]: the weight of todo[:i], so that a piece's costs no loop
+    where: np.ndarray | None = None  # each of `todo`'s index in task.sentences (None: todo is all of them)
+    remaining: int = field(init=False)  # of `todo`, not scored yet
+    cached: int | None = None  # sentences answered from the cache (None: no cache)
+    keys: list[bytes] | None = None  # the cache keys of `todo`, for workers of mode `keyed`
+    keyed: Mode | None = None
     done: bool = False
-    cut: int = 0  # piece size, once a request too big for one round of the idle workers is split
+    cut: float = 0.0  # piece weight, once a request too big for one round of the idle workers is split
     started: float | None = None  # when its first piece went to a worker
     inference_ms: float = 0.0  # its share of the workers' compute time
+    tokens: float | None = None  # its share of the tokens the workers scored, where they say
 
     def __post_init__(self) -> None:
         self.scores = np.empty(len(self.task.sentences), dtype=np.float32)
-        self.remaining = len(self.task.sentences)
+        self._leave(self.task.sentences)
+
+    def keep_only(self, where: np.ndarray) -> None:
+        """Leave the workers only the sentences at `where` (the others' scores are in already)."""
+        sentences = self.task.sentences
+        self.where = where
+        self._leave([sentences[i] for i in where.tolist()])
+        self.cached = len(sentences) - self.remaining
+
+    def _leave(self, todo: Sequence[str]) -> None:
+        self.todo = todo
+        self.remaining = len(todo)
+        # a list, not an array: for these few numbers its items and bisect are faster than numpy's
+        self.cum = list(accumulate(map(add, map(len, todo), repeat(len(self.task.query) + PAIR_CHARS)), initial=0))
+
+    def fill(self, start: int, stop: int, scores: np.ndarray) -> None:
+        """Scores of todo[start:stop], in their places."""
+        if self.where is None:
+            self.scores[start:stop] = scores
+        else:
+            self.scores[self.where[start:stop]] = scores
 
     def timings(self, now: float) -> dict:
-        """What the REPLY's meta says of this request's time: waiting, then being scored."""
+        """What the REPLY's meta says of this request: waiting, then being scored, and by what."""
         started = self.received if self.started is None else self.started
-        return {"queue_ms": round((started - self.received) * 1000, 3),
+        meta = {"queue_ms": round((started - self.received) * 1000, 3),
                 "compute_ms": round((now - started) * 1000, 3),
                 "inference_ms": round(self.inference_ms, 3)}
+        if self.cached is not None:
+            meta["cached"] = self.cached
+        if self.tokens is not None:
+            meta["tokens"] = round(self.tokens)
+        return meta
 
 
 @dataclass
 class Piece:
-    """Sentences start..stop of one request."""
+    """Sentences start..stop of one request's todo."""
     request: Request
     start: int
     stop: int
     attempts: int = 0
     alone: bool = False  # goes in a job with no other request's pieces
+    weight: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        cum = self.request.cum
+        self.weight = cum[self.stop] - cum[self.start]
 
     @property
     def size(self) -> int:
         return self.stop - self.start
+
+    def count(self, share: float, mean: float, least: int, most: int) -> int:
+        """How many of this piece's pairs, from its start, make `share` in weight: up to the pair
+        boundary nearest it, running over by up to one pair of the `mean` weight rather than
+        stopping short (so equal pairs are cut as before, 10 over 3 in 4 + 3 + 3), all of them where
+        less than half such a pair would be left (a job for it would cost a round trip more), and no
+        fewer than `least` pairs, no more than `most`."""
+        if self.weight <= share and self.size <= most:  # all of it (the usual case: a small request)
+            return self.size
+        cum = self.request.cum
+        target = cum[self.start] + share
+        end = bisect_left(cum, target, self.start, self.stop + 1)  # the first boundary at or past it
+        if end > self.stop or cum[self.stop] - target < mean / 2:  # all, rather than leave a sliver behind
+            n = self.size
+        elif end <= self.start:  # no share left
+            n = 0
+        else:
+            n = end - self.start - (cum[end] - target > max(target - cum[end - 1], mean))
+        return min(max(n, least), most, self.size)
+
+    def weight_of(self, n: int) -> int:
+        """The weight of this piece's first `n` pairs."""
+        cum = self.request.cum
+        return cum[self.start + n] - cum[self.start]
+
+    def split(self, n: int) -> "Piece":
+        """Cut off this piece's first `n` pairs, as a piece of their own; this one keeps the rest."""
+        head = Piece(self.request, self.start, self.start + n, self.attempts, self.alone)
+        self.start += n
+        self.weight -= head.weight
+        return head
 
 
 @dataclass
@@ -113,6 +194,7 @@ class WorkerState:
     pairs_done: int = 0
     seconds_per_pair: float | None = None  # moving averages over its jobs, overhead included
     seconds_per_char: float | None = None
+    mode: Mode = ()  # what its scores depend on (gateway/cache.py)
 
 
 # Actions for the broker loop.
@@ -128,7 +210,7 @@ class Reply:
     client: bytes
     rid: bytes
     scores: np.ndarray
-    meta: dict = field(default_factory=dict)  # timings (Request.timings)
+    meta: dict = field(default_factory=dict)  # timings, cached and tokens (Request.timings)
 
 
 @dataclass(frozen=True)
@@ -159,10 +241,11 @@ class Scheduler:
     def __init__(self, *, heartbeat_expiry: float, request_timeout: float, no_worker_grace: float,
                  max_batch_pairs: int, max_retries: int, max_queued: int, min_split_pairs: int = 1,
                  max_queued_pairs: int | None = None, fresh_within: float | None = None,
-                 job_floor: float | None = None, job_prefix: bytes = b"") -> None:
+                 job_floor: float | None = None, job_prefix: bytes = b"", cache: ScoreCache | None = None) -> None:
         """`fresh_within`: seconds since a worker was last heard from within which it may be handed
         work (default: until it expires); `job_floor`: the least time a job is allowed on a worker
-        before it is taken back (None: no bound); `job_prefix`: makes job ids unique across brokers."""
+        before it is taken back (None: no bound); `job_prefix`: makes job ids unique across brokers;
+        `cache`: scores of pairs scored before (None: none)."""
         self.heartbeat_expiry = heartbeat_expiry
         self.request_timeout = request_timeout
         self.no_worker_grace = no_worker_grace
@@ -174,7 +257,9 @@ class Scheduler:
         self.fresh_within = fresh_within if fresh_within is not None else heartbeat_expiry
         self.job_floor = job_floor
         self.job_prefix = job_prefix
+        self.cache = cache
         self.workers: dict[bytes, WorkerState] = {}
+        self.modes: Counter[Mode] = Counter()  # the connected workers' modes, how many of each
         self.idle: OrderedDict[bytes, None] = OrderedDict()  # idle, have answered a job; longest idle first
         self.untried: OrderedDict[bytes, None] = OrderedDict()  # idle, have not answered one yet
         self.stale: set[bytes] = set()  # idle, but not heard from within fresh_within
@@ -189,7 +274,7 @@ class Scheduler:
         self.outbox: list[Action] = []
         self._next_job = 0
         self.stats = {"requests": 0, "pairs": 0, "failed": 0, "overloaded": 0, "redispatched": 0, "purged": 0,
-                      "dropped": 0, "isolated": 0, "cancelled": 0}
+                      "dropped": 0, "isolated": 0, "cancelled": 0, "tokens": 0}
 
     # -- introspection --------------------------------------------------
     def status(self) -> dict:
@@ -201,6 +286,9 @@ class Scheduler:
             "pending_pairs": self.pending_pairs,
             "pairs_per_s": round(self.capacity, 3),
             **self.stats,
+            "cache_hits": self.cache.hits if self.cache else 0,
+            "cache_misses": self.cache.misses if self.cache else 0,
+            "cache": self.cache.status() if self.cache else None,
             "pool": [
                 {**{k: w.info.get(k) for k in POOL_FIELDS}, "busy": w.job is not None,
                  "jobs": w.jobs_done, "pairs": w.pairs_done}
@@ -216,7 +304,9 @@ class Scheduler:
     def worker_ready(self, identity: bytes, info: dict, now: float) -> None:
         if identity in self.workers:  # re-announced: whatever it held is lost
             self.worker_gone(identity, now)
-        self.workers[identity] = WorkerState(identity, info, now + self.heartbeat_expiry, now)
+        worker = self.workers[identity] = WorkerState(identity, info, now + self.heartbeat_expiry, now,
+                                                      mode=mode_of(info))
+        self.modes[worker.mode] += 1
         self.untried[identity] = None
         self.dispatch(now)
 
@@ -265,10 +355,11 @@ class Scheduler:
         self.dispatch(now)
 
     def job_done(self, identity: bytes, job_id: bytes, scores: np.ndarray, now: float, compute_ms: float = 0.0,
-                 errors: dict[int, tuple[ErrorKind, str]] | None = None) -> None:
-        """A RESULT: the job's scores, the worker's compute time, and the tasks that failed alone
-        ({task index: (kind, message)}: those requests fail, the others get their scores). A result
-        that does not fit the job is refused: the worker is dropped and the job runs elsewhere."""
+                 errors: dict[int, tuple[ErrorKind, str]] | None = None, tokens: int | None = None) -> None:
+        """A RESULT: the job's scores, the worker's compute time, the tasks that failed alone
+        ({task index: (kind, message)}: those requests fail, the others get their scores) and the
+        tokens it scored, if it says. A result that does not fit the job is refused: the worker is
+        dropped and the job runs elsewhere. Time and tokens are shared out by weight."""
         job = self._held(identity, job_id, now)
         if job is None:
             return
@@ -277,21 +368,33 @@ class Scheduler:
             self.drop_worker(identity, now, problem)
             return
         self._finish(job, now, measure=True)
+        failed = set()
         for index, (kind, message) in (errors or {}).items():
+            failed.add(id(job.owners[index]))
             self._fail(job.owners[index], kind, message)
+        if tokens is not None:
+            self.stats["tokens"] += tokens
+        mode = self.workers[identity].mode
         offset = 0
-        expected = job.pairs
+        weight = job.chars + PAIR_CHARS * job.pairs
         for piece in job.pieces:
             req = piece.request
-            if not req.done:
-                req.scores[piece.start:piece.stop] = scores[offset:offset + piece.size]
-                req.inference_ms += compute_ms * piece.size / expected
-                req.remaining -= piece.size
-                self.pending_pairs -= piece.size
-                if req.remaining == 0:
-                    self._close(req)
-                    self.outbox.append(Reply(req.client, req.rid, req.scores, req.timings(now)))
+            part = scores[offset:offset + piece.size]
             offset += piece.size
+            if self.cache is not None and id(req) not in failed:  # a failed task's scores mean nothing
+                self._remember(req, piece, part, mode)
+            if req.done:
+                continue
+            req.fill(piece.start, piece.stop, part)
+            share = piece.weight / weight
+            req.inference_ms += compute_ms * share
+            if tokens is not None:
+                req.tokens = (req.tokens or 0.0) + tokens * share
+            req.remaining -= piece.size
+            self.pending_pairs -= piece.size
+            if req.remaining == 0:
+                self._close(req)
+                self.outbox.append(Reply(req.client, req.rid, req.scores, req.timings(now)))
         self.dispatch(now)
 
     def job_failed(self, identity: bytes, job_id: bytes, kind: ErrorKind, message: str, now: float) -> None:
@@ -313,17 +416,19 @@ class Scheduler:
     def submit(self, client: bytes, rid: bytes, task: Task, now: float) -> None:
         if (client, rid) in self.requests:
             return  # sent again by a client that cannot tell whether we had it: we do
-        pairs = len(task.sentences)
-        refusal = self._refusal(pairs)
+        req = Request(client, rid, task, now, now + self.request_timeout)
+        if self.cache is not None:
+            self._look_up(req)
+        pairs = req.remaining  # for the workers
+        refusal = self._refusal(pairs) if pairs else None
         if refusal is not None:
             self.stats["failed"] += 1
             self.stats["overloaded"] += 1
             self.outbox.append(Fail(client, rid, ErrorKind.OVERLOADED, *refusal))
             return
-        req = Request(client, rid, task, now, now + self.request_timeout)
         self.stats["requests"] += 1
-        self.stats["pairs"] += pairs
-        if not pairs:
+        self.stats["pairs"] += len(task.sentences)
+        if not pairs:  # empty, or answered whole from the cache
             self.outbox.append(Reply(client, rid, req.scores, req.timings(now)))
             return
         self.requests[(client, rid)] = req
@@ -383,42 +488,31 @@ class Scheduler:
         if not ((self.idle or self.untried) and self.queue):
             return
         queued = sum(p.size for p in self.queue)
+        weight = sum(p.weight for p in self.queue)
         while self.queue:
             identity = self._take_idle(now)
             if identity is None:
                 break
-            # Each idle worker gets an equal share of what is queued, within the split bounds. Where that
-            # takes several rounds of max_batch_pairs, the rounds are equal too, and the request keeps
-            # that piece size: 240 pairs over 3 idle workers at most 64 a job are 6 pieces of 40, not
-            # 64+64+64+48, which would make one worker take two big pieces while the others wait.
+            # Each idle worker gets an equal share by weight of what is queued, but no less than the
+            # weight of min_split_pairs pairs. Where that takes several rounds of max_batch_pairs, the
+            # rounds are equal too, and the request keeps that share: 240 equal pairs over 3 idle
+            # workers at most 64 a job are 6 pieces of 40, not 64+64+64+48, which would make one worker
+            # take two big pieces while the others wait. Rounds are counted in pairs, and also in the
+            # weight of the head's first max_batch_pairs pairs: where those are light, a share would
+            # take more pairs than a job may have, and the worker that takes the rest would be late.
             idle = len(self.idle) + len(self.untried) + 1
             rounds = max(1, math.ceil(queued / (idle * self.max_batch_pairs)))
-            share = max(self.min_split_pairs, math.ceil(queued / (idle * rounds)))
-            budget = min(self.max_batch_pairs, share)
-            if self.queue[0].request.cut:
-                budget = self.queue[0].request.cut
-            queued -= budget
-            pieces: list[Piece] = []
-            while budget > 0 and self.queue:
-                piece = self.queue[0]
-                if piece.request.done:
-                    self.queue.popleft()
-                    continue
-                if pieces and not _together(pieces[-1], piece):
-                    break
-                if piece.size > budget:  # split: the rest stays at the head
-                    if rounds > 1 and not pieces:
-                        piece.request.cut = piece.request.cut or budget
-                    pieces.append(Piece(piece.request, piece.start, piece.start + budget, piece.attempts,
-                                        piece.alone))
-                    piece.start += budget
-                    budget = 0
-                else:
-                    pieces.append(self.queue.popleft())
-                    budget -= piece.size
+            head = self.queue[0]
+            if head.size > self.max_batch_pairs and not head.request.cut:
+                rounds = max(rounds, math.ceil(weight / (idle * head.weight_of(self.max_batch_pairs))))
+            mean = weight / queued
+            share = max(self.min_split_pairs * mean, weight / (idle * rounds))
+            pieces = self._take(share, mean, keep_cut=rounds > 1)
             if not pieces:
                 self._make_idle(self.workers[identity], first=True)
                 break
+            queued -= sum(p.size for p in pieces)
+            weight -= sum(p.weight for p in pieces)
             self._next_job += 1
             tasks, owners, bounds, chars = _tasks(pieces)
             worker = self.workers[identity]
@@ -433,6 +527,62 @@ class Scheduler:
             self.outbox.append(SendJob(identity, job.id, tasks))
 
     # -- internals ------------------------------------------------------------
+    def _take(self, share: float, mean: float, keep_cut: bool) -> list[Piece]:
+        """One job's pieces from the head of the queue: `share` in weight (or the head request's cut;
+        Piece.count says where a piece ends), at most max_batch_pairs pairs; `keep_cut`: a request
+        split here keeps `share` as the weight of its pieces."""
+        if self.queue[0].request.cut:
+            share = self.queue[0].request.cut
+        pieces: list[Piece] = []
+        pairs = 0
+        while self.queue and pairs < self.max_batch_pairs:
+            piece = self.queue[0]
+            if piece.request.done:
+                self.queue.popleft()
+                continue
+            if pieces and (share <= 0 or not _together(pieces[-1], piece)):
+                break
+            n = piece.count(share, mean, 0 if pieces else 1, self.max_batch_pairs - pairs)
+            if n == 0:
+                break
+            if n < piece.size:  # split: the rest stays at the head
+                if keep_cut and not pieces:
+                    piece.request.cut = piece.request.cut or share
+                pieces.append(piece.split(n))
+                break
+            pieces.append(self.queue.popleft())
+            pairs += n
+            share -= piece.weight
+        return pieces
+
+    def _look_up(self, req: Request) -> None:
+        """Answer what the cache can of `req`, where the pool's workers agree on their mode (in a
+        rolling update from one mode to another, nothing is looked up until it is over, so that no
+        answer mixes scores of two modes that the pool would not mix anyway)."""
+        cache, task = self.cache, req.task
+        req.cached = 0
+        mode = next(iter(self.modes)) if len(self.modes) == 1 else None
+        if mode is None or not task.sentences:
+            cache.missed(len(task.sentences))
+            return
+        keys = cache.keys(mode, task.options, task.query, task.sentences)
+        found = cache.get(keys)
+        hit = ~np.isnan(found)
+        if hit.any():
+            req.scores[hit] = found[hit]
+            where = np.flatnonzero(~hit)
+            req.keep_only(where)
+            keys = [keys[i] for i in where.tolist()]
+        req.keys, req.keyed = keys, mode
+
+    def _remember(self, req: Request, piece: Piece, scores: np.ndarray, mode: Mode) -> None:
+        """Cache a piece's scores under the mode of the worker that computed them."""
+        if req.keyed == mode:
+            keys = req.keys[piece.start:piece.stop]
+        else:  # not looked up, or looked up for another mode than this worker's
+            keys = self.cache.keys(mode, req.task.options, req.task.query, req.todo[piece.start:piece.stop])
+        self.cache.put(keys, scores)
+
     def _take_idle(self, now: float) -> bytes | None:
         """The longest-idle worker heard from lately, one that has answered a job if any is idle;
         those late with their heartbeats are set aside (stale) until they are heard from again."""
@@ -521,6 +671,9 @@ class Scheduler:
         self.idle.pop(identity, None)
         self.untried.pop(identity, None)
         self.stale.discard(identity)
+        self.modes[worker.mode] -= 1
+        if not self.modes[worker.mode]:
+            del self.modes[worker.mode]
         if worker.seconds_per_pair is not None:
             self.measured -= 1
             self.capacity = max(0.0, self.capacity - 1 / worker.seconds_per_pair) if self.measured else 0.0
@@ -589,8 +742,8 @@ def _average(old: float | None, sample: float) -> float:
 
 def _tasks(pieces: list[Piece]) -> tuple[list[Task], list[Request], list[int], int]:
     """The job's tasks, the request of each, where each task's scores start (and the end), and the
-    characters of it all: pieces of the same request next to each other travel as one task, with
-    that request's options and trace."""
+    characters of it all (a query counted once a pair): pieces of the same request next to each
+    other travel as one task, with that request's options and trace."""
     tasks: list[Task] = []
     owners: list[Request] = []
     bounds = [0]
@@ -598,8 +751,8 @@ def _tasks(pieces: list[Piece]) -> tuple[list[Task], list[Request], list[int], i
     last: Piece | None = None
     for piece in pieces:
         req = piece.request
-        sentences = req.task.sentences[piece.start:piece.stop]
-        chars += sum(map(len, sentences)) + len(req.task.query) * piece.size
+        sentences = req.todo[piece.start:piece.stop]
+        chars += piece.weight - PAIR_CHARS * piece.size
         if last is not None and last.request is req and last.stop == piece.start:
             tasks[-1].sentences.extend(sentences)
             bounds[-1] += piece.size

@@ -11,7 +11,9 @@ only the frames after it. Every message is:
 Gateway process (client) <-> broker frontend
     REQUEST   c->b  request_id, task      task: a Task's JSON (below), for one HTTP request
     REPLY     b->c  request_id, scores, meta   scores: little-endian float32, one per sentence;
-                                          meta: JSON {"queue_ms", "compute_ms", "inference_ms"}
+                                          meta: JSON {"queue_ms", "compute_ms", "inference_ms",
+                                          "cached"?, "tokens"?}: sentences answered from the broker's
+                                          cache, tokens the workers scored for it (where they say)
     FAIL      b->c  request_id, kind, message [, retry_after]
                                           kind: an ErrorKind's ASCII name, e.g. b"overloaded";
                                           retry_after (optional): seconds, ASCII, when to try again
@@ -33,8 +35,9 @@ Worker <-> broker backend
                                   a malformed READY); the worker says why and stops
     JOB       b->w  job_id, body  body: JSON {"tasks": [task, ...]}: one or more tasks, scored
                                   together; scores come back concatenated in task order
-    RESULT    w->b  job_id, scores, meta   meta: JSON {"compute_ms", "errors"?: [[task_index, kind, message]]}:
-                                  a task listed in errors failed alone (its scores are NaN)
+    RESULT    w->b  job_id, scores, meta   meta: JSON {"compute_ms", "errors"?: [[task_index, kind, message]],
+                                  "tokens"?: int}: a task listed in errors failed alone (its scores
+                                  are NaN); tokens: how many the worker scored for the job
     ERROR     w->b  job_id, kind, message  the whole job failed
     HEARTBEAT both  (no arguments)
     DISCONNECT both (no arguments)
@@ -299,26 +302,33 @@ def decode_ready_info(raw: bytes) -> dict:
     return info
 
 
-def encode_result_meta(compute_ms: float, errors: Sequence[tuple[int, ErrorKind, str]] = ()) -> bytes:
+def encode_result_meta(compute_ms: float, errors: Sequence[tuple[int, ErrorKind, str]] = (),
+                       tokens: int | None = None) -> bytes:
     meta: dict = {"compute_ms": round(compute_ms, 3)}
     if errors:
         meta["errors"] = [[i, kind.value, message] for i, kind, message in errors]
+    if tokens is not None:
+        meta["tokens"] = tokens
     return orjson.dumps(meta)
 
 
-def decode_result_meta(raw: bytes, tasks: int) -> tuple[float, dict[int, tuple[ErrorKind, str]]]:
-    """(compute_ms, {task index: (kind, message)}) from a RESULT's meta, for a job of `tasks` tasks."""
+def decode_result_meta(raw: bytes, tasks: int) -> tuple[float, dict[int, tuple[ErrorKind, str]], int | None]:
+    """(compute_ms, {task index: (kind, message)}, tokens or None) from a RESULT's meta, for a job
+    of `tasks` tasks."""
     meta = decode_json_object(raw, "RESULT meta")
     compute_ms = meta.get("compute_ms")
     if not isinstance(compute_ms, (int, float)) or isinstance(compute_ms, bool) or not compute_ms >= 0:
         raise ProtocolError(f"RESULT meta has no valid compute_ms: {meta!r}")
+    tokens = meta.get("tokens")
+    if tokens is not None and not _is_int(tokens, 0):
+        raise ProtocolError(f"RESULT meta has an invalid tokens count: {tokens!r}")
     errors: dict[int, tuple[ErrorKind, str]] = {}
     for item in meta.get("errors", []):
         if not (isinstance(item, list) and len(item) == 3 and _is_int(item[0], 0) and item[0] < tasks
                 and isinstance(item[2], str)):
             raise ProtocolError(f"malformed RESULT error {item!r}")
         errors[item[0]] = (decode_kind(str(item[1]).encode()), item[2])
-    return float(compute_ms), errors
+    return float(compute_ms), errors, tokens
 
 
 def encode_json(obj) -> bytes:

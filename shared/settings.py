@@ -254,6 +254,12 @@ class Settings(BaseSettings):
         16, "RERANKER_MIN_SPLIT_PAIRS",
         "Fewest pairs worth a job of their own: a request is split across idle workers only in "
         "shares of at least this many pairs.", read_by=(BROKER,))
+    cache_bytes: integer(0) = option(
+        64 * 1024 * 1024, "RERANKER_CACHE_BYTES",
+        "Memory for the broker's score cache, in bytes (0: no cache). A pair scored before, with the same "
+        "query, options and worker model and mode, is answered from it with the very score computed then; "
+        "the least recently used pairs are forgotten first. About 208 bytes a pair: the default holds some "
+        "320,000 pairs.", read_by=(BROKER,))
     heartbeat_interval: number() = option(
         1.0, "RERANKER_HEARTBEAT_INTERVAL",
         "Seconds between heartbeats, both ways (and between a gateway process's pings to its broker).",
@@ -322,6 +328,10 @@ class Settings(BaseSettings):
         "and per job in the worker).", read_by=(GATEWAY, BROKER, WORKER))
     stub_delay_ms: number(0.0, inclusive=True) = option(
         0.0, "RERANKER_STUB_DELAY_MS", "Stub backend only: simulated compute per pair, in ms.", read_by=(WORKER,))
+    stub_char_delay_us: number(0.0, inclusive=True) = option(
+        0.0, "RERANKER_STUB_CHAR_DELAY_US",
+        "Stub backend only: simulated compute per character of a pair (query and sentence), in microseconds, "
+        "on top of RERANKER_STUB_DELAY_MS: long texts take longer, as with a model.", read_by=(WORKER,))
     stub_fail_on: Text | None = option(
         None, "RERANKER_STUB_FAIL_ON",
         "Stub backend only: a job with a sentence containing this text fails, as a scorer that raises.",

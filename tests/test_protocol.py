@@ -110,9 +110,13 @@ def test_ready_info_is_checked():
 
 def test_result_meta_round_trips_and_is_checked():
     raw = p.encode_result_meta(12.5, [(1, p.ErrorKind.TOO_LONG, "too long")])
-    assert p.decode_result_meta(raw, tasks=2) == (12.5, {1: (p.ErrorKind.TOO_LONG, "too long")})
-    assert p.decode_result_meta(p.encode_result_meta(3.0), tasks=1) == (3.0, {})
+    assert p.decode_result_meta(raw, tasks=2) == (12.5, {1: (p.ErrorKind.TOO_LONG, "too long")}, None)
+    assert p.decode_result_meta(p.encode_result_meta(3.0), tasks=1) == (3.0, {}, None)
+    assert p.decode_result_meta(p.encode_result_meta(3.0, tokens=1234), tasks=1) == (3.0, {}, 1234)
+    assert p.decode_result_meta(b'{"compute_ms": 1, "tokens": 0}', tasks=1) == (1.0, {}, 0)
     for broken in [b"{}", b'{"compute_ms": -1}', b'{"compute_ms": 1, "errors": [[5, "too_long", "x"]]}',
-                   b'{"compute_ms": 1, "errors": [[0, "martian", "x"]]}', b'{"compute_ms": true}']:
+                   b'{"compute_ms": 1, "errors": [[0, "martian", "x"]]}', b'{"compute_ms": true}',
+                   b'{"compute_ms": 1, "tokens": -1}', b'{"compute_ms": 1, "tokens": 1.5}',
+                   b'{"compute_ms": 1, "tokens": true}', b'{"compute_ms": 1, "tokens": "12"}']:
         with pytest.raises(p.ProtocolError):
             p.decode_result_meta(broken, tasks=2)

@@ -18,12 +18,14 @@ _WORD = re.compile(r"\w+")
 class StubScorer:
     """Test/demo backend: the share of the query's words found in the sentence.
 
-    Deterministic, so ordering is checkable; `delay_ms` per pair simulates compute, and `fail_on`
-    a scorer that raises: a call with a sentence that contains it fails whole.
+    Deterministic, so ordering is checkable; a delay per pair and one per character of each pair
+    simulate compute, and `fail_on` a scorer that raises: a call with a sentence that contains it
+    fails whole.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.delay = settings.stub_delay_ms / 1000.0
+        self.char_delay = settings.stub_char_delay_us / 1e6
         self.fail_on = settings.stub_fail_on
         self.info = {"model": "stub", "backend": "stub", "precision": "none", "threads": 1, "max_length": None}
 
@@ -31,8 +33,9 @@ class StubScorer:
         """The overlap share; it has no activation, so a raw score is the same number, and no window."""
         if self.fail_on is not None and any(self.fail_on in s for _, s in pairs):
             raise ValueError(f"stub told to fail on {self.fail_on!r} (RERANKER_STUB_FAIL_ON)")
-        if self.delay:
-            time.sleep(self.delay * len(pairs))
+        if self.delay or self.char_delay:
+            chars = sum(len(q) + len(s) for q, s in pairs) if self.char_delay else 0
+            time.sleep(self.delay * len(pairs) + self.char_delay * chars)
         return np.array([stub_score(q, s) for q, s in pairs], dtype=np.float32)
 
     def too_long(self, pairs: Pairs) -> list[bool]:
