@@ -324,3 +324,9 @@ def test_raw_scores_are_the_models_logits_on_every_shape(service_factory, condit
     np.testing.assert_allclose(got, 1 / (1 + np.exp(-logits)), rtol=0, atol=1e-5)
     r = svc.http.post("/tei/rerank", json={"query": QUERY, "texts": [" ".join(DOCS * 200)], "truncate": False})
     assert_api_error(r, 413, "too_long")
+    # usage: the tokens the worker scored (pairs not in the broker's cache yet)
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(str(conditioned_model))
+    fresh = [f"{d} once more" for d in DOCS]
+    body = svc.http.post("/v1/rerank", json={"query": QUERY, "documents": fresh}).json()
+    assert body["usage"]["total_tokens"] == sum(len(tokenizer(QUERY, d)["input_ids"]) for d in fresh), body

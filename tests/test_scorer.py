@@ -244,3 +244,20 @@ def importlib_available(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
+
+
+@pytest.mark.model
+def test_tokens_counts_what_the_model_scored_after_truncation(tiny_model):
+    from transformers import AutoTokenizer
+
+    scorer = make(tiny_model)
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
+    rng = random.Random(5)
+    query = sample_text(rng, 6)
+    pairs = [(query, sample_text(rng, n)) for n in (3, 40, 2000)]  # the last one is truncated
+    before = scorer.tokens
+    scorer.score(pairs)
+    lengths = [len(tokenizer(q, s, truncation=True, max_length=scorer.info["max_length"])["input_ids"])
+               for q, s in pairs]
+    assert lengths[2] == scorer.info["max_length"]
+    assert scorer.tokens - before == sum(lengths)

@@ -9,6 +9,8 @@ so the other requests in the job get their answers.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from shared.protocol import ErrorKind, Task
@@ -19,13 +21,18 @@ from .scorer import Scorer
 Failure = tuple[int, ErrorKind, str]
 
 
+_chunkers: "weakref.WeakKeyDictionary[object, Chunker]" = weakref.WeakKeyDictionary()
+
+
 def chunker_for(scorer: Scorer) -> Chunker | None:
-    """The scorer's chunker: None for a scorer without a tokenizer and window (the stub), whose texts
-    are always scored whole."""
+    """The scorer's chunker, made once per runtime: None for a scorer without a tokenizer and window
+    (the stub), whose texts are always scored whole."""
     runtime = getattr(scorer, "runtime", None)
     if runtime is None or not getattr(runtime, "max_length", None):
         return None
-    return Chunker(runtime.tokenizer, runtime.max_length)
+    if runtime not in _chunkers:
+        _chunkers[runtime] = Chunker(runtime.tokenizer, runtime.max_length)
+    return _chunkers[runtime]
 
 
 def score_job(scorer: Scorer, tasks: list[Task]) -> tuple[np.ndarray, list[Failure]]:

@@ -179,9 +179,11 @@ class WorkerLoop:
         while True:
             job_id, tasks, big = self._jobs.get()
             started = time.perf_counter()
+            tokens_before = getattr(self.scorer, "tokens", None)  # a model's scorer counts them; the stub not
             try:
                 scores, failures = score_job(self.scorer, tasks)
-                meta = p.encode_result_meta((time.perf_counter() - started) * 1000, failures)
+                tokens = None if tokens_before is None else self.scorer.tokens - tokens_before
+                meta = p.encode_result_meta((time.perf_counter() - started) * 1000, failures, tokens)
                 frames = p.encode(p.RESULT, job_id, p.encode_scores(scores), meta)
             except Exception as exc:  # noqa: BLE001 - any failure goes back to the broker as ERROR
                 traces = ",".join(t.trace for t in tasks if t.trace)

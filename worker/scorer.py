@@ -61,6 +61,7 @@ class CrossEncoderScorer:
         if self.batch_tokens < 1:
             raise ScorerError(f"RERANKER_BATCH_TOKENS={self.batch_tokens} must be >= 1")
         self._lock = threading.Lock()  # one forward pass at a time: sessions and infer requests are not re-entrant
+        self.tokens = 0  # tokens scored so far, specials included, after truncation: a job's count is the difference
         self.runtime = runtime = runtime_loader(backend)(settings)
         if runtime.num_labels != 1:
             raise ScorerError(f"RERANKER_MODEL={settings.model} has {runtime.num_labels} labels; "
@@ -86,6 +87,7 @@ class CrossEncoderScorer:
             features = runtime.tokenize(pairs)
             mask = features["attention_mask"]
             lengths = mask.sum(1).tolist()
+            self.tokens += int(sum(lengths))
             width = mask.shape[1]
             for batch in plan_batches(lengths, self.batch_size, self.batch_tokens):
                 longest = int(max(lengths[i] for i in batch))
