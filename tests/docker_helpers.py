@@ -310,7 +310,9 @@ def load():
             return True
 
     def run(seed):
-        rng = random.Random(seed)
+        # Requests differ from one load to the next: repeated ones would be answered by the broker's
+        # cache, and workers would get no work.
+        rng = random.Random(f"{os.getpid()}-{time.time_ns()}-{seed}")
         while more():
             query = " ".join(rng.sample(words, 4))
             sentences = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 8))) + " " + "x" * rng.randint(0, 200)

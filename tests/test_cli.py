@@ -115,7 +115,7 @@ def test_a_flag_wins_over_the_variable_over_dotenv_in_a_program(tmp_path):
     (["-m", "worker", "--num-threads", "0"], "--num-threads='0' is invalid: expected an integer >= 1"),
     (["-m", "gateway", "--model", "x"], "command line: unrecognized arguments: --model x"),
     (["-m", "reranker", "worker", "--backend", "tensorflow"],
-     "--backend='tensorflow' is invalid: expected one of torch, onnx, openvino, stub"),
+     "--backend='tensorflow' is invalid: expected one of auto, torch, onnx, openvino, stub"),
 ])
 def test_a_bad_flag_stops_the_program_with_one_line(tmp_path, argv, line):
     proc = run(argv, tmp_path, HF_HUB_OFFLINE="1")
