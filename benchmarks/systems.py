@@ -167,6 +167,9 @@ def start(spec: SystemSpec, model: Path, threads: int, logs: Path, workers: int 
             # The service answers 504 after RERANKER_REQUEST_TIMEOUT (60 s by default); at c32 a W30 request
             # waits ~75 s on one fp32 worker here. The other systems have no such limit, so lift it.
             RERANKER_REQUEST_TIMEOUT="900",
+            # The points of a run re-send the same pool of requests; the peers have no score cache, so the
+            # service's is off here (`python -m benchmarks cache` measures it).
+            RERANKER_CACHE_BYTES="0",
         )
         base.update(env)
         gateway = Server("gateway", [python(), "-m", "gateway"], base, logs / f"{tag}-gateway.log")
