@@ -205,7 +205,8 @@ class Stack:
     def destroy(self) -> None:
         """Remove everything the test made; report (not raise) what could not be removed."""
         steps = [lambda: docker("rm", "-f", self.client, check=False, timeout=300),
-                 lambda: self.compose("down", "-v", "--remove-orphans", "-t", "10", check=False, timeout=900),
+                 lambda: self.compose("down", "-v", "--rmi", "all", "--remove-orphans", "-t", "10",
+                                      check=False, timeout=900),
                  lambda: docker("network", "rm", self.network, check=False, timeout=120)]
         for step in steps:
             try:

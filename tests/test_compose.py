@@ -416,7 +416,9 @@ STUB_ENV = {
     "RERANKER_NO_WORKER_GRACE": "45",
     "RERANKER_REQUEST_TIMEOUT": "60",
     "HEALTHCHECK_INTERVAL": "2s",
-    "RERANKER_IMAGE_TAG": "test",
+    # The stub and torch workers of these tests need only the worker extra: a smaller image, quicker to
+    # build and to copy per container (the default image adds onnx and openvino for the fast modes).
+    "WORKER_EXTRAS": "worker",
 }
 
 
@@ -428,7 +430,8 @@ def stack(tmp_path_factory):
     run_id = f"rrk{uuid.uuid4().hex[:8]}"
     network = f"{run_id}_wdoi_internal"
     env_file = tmp_path_factory.mktemp("compose") / "test.env"
-    env_file.write_text("".join(f"{k}={v}\n" for k, v in {**STUB_ENV, "RERANKER_NETWORK": network}.items()))
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in {**STUB_ENV, "RERANKER_NETWORK": network,
+                                                             "RERANKER_IMAGE_TAG": run_id}.items()))
     s = Stack(run_id, network, env_file, base_image())
     try:
         s.timed("build", lambda: s.compose("build", timeout=1800))
