@@ -18,6 +18,8 @@ from typing import Any, Sequence
 
 from shared.protocol import Chunking
 
+from .tokenizing import plain_copy
+
 MIN_ROOM = 16  # tokens: with less room beside the query, windows would say nothing; the text is truncated
 
 
@@ -27,12 +29,7 @@ class Chunker:
     runtime's is touched."""
 
     def __init__(self, tokenizer: Any, max_length: int) -> None:
-        from tokenizers import Tokenizer
-
-        backend = getattr(tokenizer, "backend_tokenizer", None) or tokenizer.backend
-        self.tokenizer = Tokenizer.from_str(backend.to_str())
-        self.tokenizer.no_truncation()
-        self.tokenizer.no_padding()
+        self.tokenizer = plain_copy(tokenizer)
         self.max_length = max_length
         post = self.tokenizer.post_processor
         self.specials = post.num_special_tokens_to_add(True) if post is not None else 0

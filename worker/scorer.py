@@ -31,6 +31,7 @@ from shared.settings import Settings
 
 from .backends import check_mode, runtime_loader
 from .batching import plan_batches
+from .clipping import TextClipper
 from .runtime import Pairs, ScorerError
 from .selection import choose_scorer, ruled_mode
 from .stub import StubScorer
@@ -66,6 +67,7 @@ class CrossEncoderScorer:
         if runtime.num_labels != 1:
             raise ScorerError(f"RERANKER_MODEL={settings.model} has {runtime.num_labels} labels; "
                               "a reranker needs a one-label cross-encoder")
+        self.clipper = TextClipper(runtime.tokenizer, runtime.max_length)
         self.info = {
             "model": settings.model,
             "backend": backend,
@@ -84,7 +86,7 @@ class CrossEncoderScorer:
         runtime = self.runtime
         scores = np.empty(len(pairs), dtype=np.float32)
         with self._lock, _truncating(runtime.tokenizer, truncation_side):
-            features = runtime.tokenize(pairs)
+            features = runtime.tokenize(self.clipper.clip(pairs, truncation_side))
             mask = features["attention_mask"]
             lengths = mask.sum(1).tolist()
             self.tokens += int(sum(lengths))

@@ -20,6 +20,18 @@ import numpy as np
 SETTINGS = "pair_tokenizer.json"
 
 
+def plain_copy(tokenizer: Any) -> Any:
+    """A `tokenizers.Tokenizer` copy of the one under a Hugging Face fast tokenizer or a PairTokenizer,
+    without truncation or padding, for counting and cutting texts without touching the original's settings."""
+    from tokenizers import Tokenizer
+
+    backend = getattr(tokenizer, "backend_tokenizer", None) or tokenizer.backend
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return copy
+
+
 def pair_settings(tokenizer: Any) -> dict[str, Any]:
     """The call settings of a Hugging Face fast tokenizer, as transformers applies them to its backend."""
     return {
