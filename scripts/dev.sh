@@ -51,7 +51,7 @@ install_torch() {  # ARGS: the pip install command
 }
 
 check_cpu_torch() {
-  "$VENV/bin/python" -c '
+  "$VENV/bin/python" -W ignore -c '
 import sys, torch
 if torch.version.cuda is not None:
     sys.exit(f"dev: torch {torch.__version__} in {sys.prefix} is a CUDA build, several GB that this CPU service does "
