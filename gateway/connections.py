@@ -106,6 +106,9 @@ def worker_class(settings: Settings) -> type[UvicornWorker]:
         "loop": "auto",
         "http": protocol,
         "timeout_keep_alive": settings.keepalive_timeout,
+        # gateway/tracing.py writes the access line where RERANKER_ACCESS_LOG asks for it; uvicorn's own
+        # would log every request (gunicorn hands it the access logger at INFO)
+        "access_log": False,
         # uvicorn counts the connection of the request it checks: N + 1 serves N connections at most
         "limit_concurrency": settings.max_connections + 1,
     }

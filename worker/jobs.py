@@ -65,6 +65,9 @@ def score_job(scorer: Scorer, tasks: list[Task]) -> tuple[np.ndarray, list[Failu
                 slots += [slot] * len(windows)
         out = scorer.score(pairs, raw=raw if any(raw) else None, truncation_side=side)
         slots = np.asarray(slots, dtype=np.intp)
+        if len(pairs) == sum(len(tasks[i].sentences) for i in members):  # one window a text: its score
+            scores[slots] = out
+            continue
         best = np.full(len(scores), -np.inf, dtype=np.float32)
         np.maximum.at(best, slots, out)  # a text's best window; a text scored whole, its one score
         scores[slots] = best[slots]
