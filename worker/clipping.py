@@ -3,10 +3,10 @@
 A pair over the window keeps only its first (or, truncating on the left, its last) tokens, yet the
 tokenizer would first read the whole text: a 100,000-character text costs as much time and memory to
 tokenize as a few hundred windows. So a text over `CHARS_PER_TOKEN` characters per token of the window
-is cut to that many characters at a word boundary first, and the cut is kept only where it provably
-changes nothing: the cut text alone still has `MARGIN` tokens more than the window, so the pair is
-truncated inside it, and the tokens it keeps, well before the cut, are those of the whole text. Otherwise (a text of
-very long tokens) the whole text is tokenized, as before.
+is cut to that many characters at a word boundary first, and the cut is kept only where the cut text
+alone still has `MARGIN` tokens more than the window: the pair is then truncated inside it, and the
+tokens it keeps, well before the cut, are those of the whole text (tests/test_clipping.py compares the
+model inputs). Otherwise (a text of very long tokens) the whole text is tokenized, as before.
 """
 
 from __future__ import annotations
