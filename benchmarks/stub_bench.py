@@ -232,10 +232,7 @@ def scaling(logs: Path, max_workers: int = 8, counts: list[int] | None = None, d
     points = []
     try:
         for n in counts:
-            svc.add_workers(n - len(svc.workers))
-            time.sleep(0.2)
-            # one W240 request at a time, over n idle workers
-            lat = [loadgen.send_one(svc.url, "rerank", r) for r in w240]
+            lat = one_at_a_time(svc, n, w240)
             # closed loop, enough requests in flight to keep n workers busy
             conc = 4 * n
             loadgen.closed_loop(svc.url, "rerank", w30, conc, conc, max_seconds=2)  # warm-up
@@ -259,6 +256,13 @@ def scaling(logs: Path, max_workers: int = 8, counts: list[int] | None = None, d
     return {"delay_ms_per_pair": delay_ms, "ideal_pairs_per_s_per_worker": ideal,
             "one_worker_pairs_per_s": base["pairs_per_s"] if base["workers"] == 1 else None, "points": points,
             "mixed": mixed_w240(logs, counts, char_us=5.0 * delay_ms, repeats=w240_repeats)}
+
+
+def one_at_a_time(svc: "StubService", n: int, requests: list[RerankRequest]) -> list[float]:
+    """The latencies of `requests` sent one at a time, over `svc`'s workers grown to `n` idle ones."""
+    svc.add_workers(n - len(svc.workers))
+    time.sleep(0.2)
+    return [loadgen.send_one(svc.url, "rerank", r) for r in requests]
 
 
 # -- mixed lengths -----------------------------------------------------------------------------
@@ -287,9 +291,7 @@ def mixed_w240(logs: Path, counts: list[int], char_us: float = 50.0, repeats: in
     points = []
     try:
         for n in counts:
-            svc.add_workers(n - len(svc.workers))
-            time.sleep(0.2)
-            lat = [loadgen.send_one(svc.url, "rerank", r) for r in requests]
+            lat = one_at_a_time(svc, n, requests)
             points.append({"workers": n, "w240_ms": round(statistics.median(lat) * 1000, 1),
                            "w240_all_ms": [round(x * 1000, 1) for x in lat]})
     finally:
