@@ -44,7 +44,7 @@ import numpy as np
 from shared.modes import AUTO, EXACT, FAST, MODES
 from shared.settings import Settings
 
-from .backends import unavailable
+from .backends import check_mode, unavailable
 from .cpu import cpu_class, cpu_flags, cpu_model, isa_tag
 from .ranking import spearman, top_k_overlap
 from .runtime import ScorerError
@@ -249,8 +249,8 @@ def check_fits(settings: Settings, flags: set[str] | None = None) -> None:
     here: checked before the model is fetched, so that a wrong mode costs no download."""
     if is_open(settings):
         ruled_mode(settings, flags)
-    elif (why := unavailable(settings.backend, settings.precision, flags=flags)) is not None:
-        raise ScorerError(why)
+    else:
+        check_mode(settings.backend, settings.precision, flags)
 
 
 def choose_scorer(settings: Settings, build: Callable[[Settings], Any], flags: set[str] | None = None,
